@@ -1,0 +1,17 @@
+"""ELITE for ComfyUI: personalise Stable Diffusion 1.x from one concept image (Wei et al., ICCV 2023)."""
+
+from comfy_api.latest import ComfyExtension
+
+from .elite_core.comfy_adapter import register_model_folder
+from .nodes import ELITE_NODES
+
+register_model_folder()
+
+
+class ELITEExtension(ComfyExtension):
+    async def get_node_list(self):
+        return list(ELITE_NODES)
+
+
+async def comfy_entrypoint() -> ComfyExtension:
+    return ELITEExtension()

@@ -1,0 +1,70 @@
+"""CLIP vision input and layer selection, as ELITE's reference inference does it.
+
+Preprocessing (reference ``CustomDatasetWithBG``): the whole image is squashed to 224x224 (no crop,
+aspect ratio not kept) with PIL's bicubic filter on uint8 pixels, scaled to [0, 1] and normalised
+with CLIP's mean/std. ComfyUI IMAGE tensors hold uint8/255 values, so rounding recovers the exact
+uint8 input and this path is bit-identical to the reference's.
+
+Layers: ELITE reads the outputs of transformer blocks 24 (last), 4, 8, 12 and 16 of ViT-L/14, in
+that order (word 0 comes from block 24).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+CLIP_SIZE = 224
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+VIT_L14_LAYERS = 24
+VIT_L14_TOKENS = 257  # CLS + 16x16 patches at 224 px
+ELITE_BLOCKS = (24, 4, 8, 12, 16)  # 1-based transformer block numbers, in word order
+
+
+def image_to_uint8(image: torch.Tensor) -> np.ndarray:
+    """ComfyUI IMAGE (B, H, W, C) floats in [0, 1] -> uint8 array (B, H, W, 3)."""
+    if image.dim() != 4 or image.shape[-1] < 3:
+        raise ValueError(f"Expected an IMAGE of shape (batch, height, width, 3), got {tuple(image.shape)}.")
+    rgb = image[..., :3].detach().float().cpu().clamp(0, 1)
+    return (rgb * 255).round().to(torch.uint8).numpy()
+
+
+def squash_to_clip_input(image: torch.Tensor, size: int = CLIP_SIZE) -> torch.Tensor:
+    """IMAGE (B, H, W, C) -> normalised CLIP pixels (B, 3, size, size), PIL bicubic like the reference."""
+    pixels = []
+    for frame in image_to_uint8(image):
+        resized = Image.fromarray(frame, mode="RGB").resize((size, size), Image.BICUBIC)
+        pixels.append(torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0))
+    batch = torch.stack(pixels).permute(0, 3, 1, 2)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (batch - mean) / std
+
+
+def select_elite_layers(all_hidden: torch.Tensor) -> list[torch.Tensor]:
+    """Pick ELITE's five layers from all block outputs (B, 24, tokens, width), in word order.
+
+    ``all_hidden[:, j]`` is the output of block ``j + 1`` (the embeddings are not included).
+    """
+    if all_hidden.dim() != 4 or all_hidden.shape[1] != VIT_L14_LAYERS:
+        raise ValueError(f"Expected the outputs of all {VIT_L14_LAYERS} blocks, got {tuple(all_hidden.shape)}.")
+    return [all_hidden[:, block - 1] for block in ELITE_BLOCKS]
+
+
+def describe_vision_mismatch(num_layers: int, num_tokens: int, width: int, mapper_width: int) -> str | None:
+    """Why a CLIP vision model cannot feed an ELITE mapper, or None when it can."""
+    if num_layers != VIT_L14_LAYERS or num_tokens != VIT_L14_TOKENS:
+        return (
+            f"ELITE needs CLIP ViT-L/14 (24 layers, 257 tokens at 224 px); this CLIP vision model has "
+            f"{num_layers} layers and {num_tokens} tokens. Load the OpenAI CLIP ViT-L/14 vision model "
+            "(e.g. clip-vit-large-patch14 model.safetensors) into models/clip_vision."
+        )
+    if width != mapper_width:
+        return (
+            f"This CLIP vision model is {width} wide, but the ELITE mapper expects {mapper_width}-wide "
+            "features (CLIP ViT-L/14 is 1024 wide). Use the OpenAI CLIP ViT-L/14 vision model."
+        )
+    return None

