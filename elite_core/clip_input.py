@@ -68,3 +68,45 @@ def describe_vision_mismatch(num_layers: int, num_tokens: int, width: int, mappe
             "features (CLIP ViT-L/14 is 1024 wide). Use the OpenAI CLIP ViT-L/14 vision model."
         )
     return None
+
+
+PATCH_GRID = 16  # 224 / 14
+
+
+def prepare_object_mask(mask: torch.Tensor | None, image: torch.Tensor, invert: bool) -> torch.Tensor:
+    """A binary object mask (B, H, W) matching IMAGE (B, H, W, C): object = 1, background = 0.
+
+    ``None`` means the whole image is the object. Soft masks are thresholded at 0.5 (the reference
+    reads {0, 255} masks, for which any threshold gives the same result). A mask of another size is
+    resized to the image; a single mask applies to every image of the batch.
+    """
+    batch, height, width = image.shape[:3]
+    if mask is None:
+        return torch.ones(batch, height, width)
+    mask = mask.detach().float().cpu()
+    if mask.dim() == 2:
+        mask = mask.unsqueeze(0)
+    if mask.dim() != 3:
+        raise ValueError(f"Expected a MASK of shape (batch, height, width), got {tuple(mask.shape)}.")
+    if mask.shape[0] not in (1, batch):
+        raise ValueError(f"The MASK batch ({mask.shape[0]}) must be 1 or match the IMAGE batch ({batch}).")
+    if invert:
+        mask = 1.0 - mask
+    if mask.shape[1:] != (height, width):
+        mask = torch.nn.functional.interpolate(mask.unsqueeze(1), size=(height, width), mode="bilinear").squeeze(1)
+    return (mask > 0.5).float().expand(batch, height, width)
+
+
+def object_image(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The object on black: IMAGE x mask at full resolution, before any resizing (reference step 2)."""
+    return image[..., :3] * mask.unsqueeze(-1).to(image.dtype)
+
+
+def mask_patch_grid(mask: torch.Tensor) -> torch.Tensor:
+    """Nearest-resize the mask to CLIP's 16x16 patch grid, row-major: (B, 256, 1).
+
+    Source pixel ``floor(k * H / 16)`` is taken for patch row k, as the reference's 128 -> 16
+    two-step nearest resize does for every input size.
+    """
+    grid = torch.nn.functional.interpolate(mask.unsqueeze(1), size=(PATCH_GRID, PATCH_GRID), mode="nearest")
+    return grid.flatten(1).unsqueeze(-1)

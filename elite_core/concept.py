@@ -1,24 +1,43 @@
-"""The ELITE concept: what the encoder computes from one concept image, passed between nodes."""
+"""The ELITE concept: what the encoder computes from a concept image, passed between nodes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from .sites import SD1_ATTN2_SITES
 
+KVWeights = dict[str, tuple[torch.Tensor, torch.Tensor]]  # site ckpt_prefix -> (to_k, to_v), (C, D)
+
+
+@dataclass(frozen=True, eq=False)
+class LocalBranch:
+    """The local mapping of a concept: masked patch tokens and the local mapper's per-site K/V.
+
+    ``tokens`` is (num_images, 256, D), fp32 on the CPU, background patches already zero.
+    ``kv`` returns the current per-site weights (they may live on the GPU while sampling);
+    ``models`` are the ComfyUI models to keep loaded while sampling (opaque to the core).
+    """
+
+    tokens: torch.Tensor
+    kv: Callable[[], KVWeights]
+    models: tuple = ()
+
 
 @dataclass(frozen=True, eq=False)
 class ELITEConcept:
-    """Mapped word embeddings of the concept image(s) plus ELITE's fine-tuned attn2 K/V weights.
+    """Mapped word embeddings of the concept image(s), ELITE's fine-tuned attn2 K/V weights, and
+    optionally the local branch.
 
-    ``words`` is (num_images, 5, text_width), fp32 on the CPU; word 0 is the primary word (w0).
-    ``global_kv`` maps each site's checkpoint prefix to its (to_k, to_v) weights (C, text_width).
+    ``words`` is (num_images, 5, D), fp32 on the CPU; word 0 is the primary word (w0).
+    ``global_kv`` maps each site's checkpoint prefix to its (to_k, to_v) weights (C, D).
     """
 
     words: torch.Tensor
-    global_kv: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    global_kv: KVWeights
+    local: LocalBranch | None = field(default=None)
 
     def __post_init__(self):
         if self.words.dim() != 3 or self.words.shape[1] != 5:
@@ -42,3 +61,9 @@ class ELITEConcept:
         """
         words = self.words.mean(dim=0)
         return words if all_words else words[:1]
+
+    def local_tokens(self) -> torch.Tensor | None:
+        """All images' local tokens side by side, (1, num_images * 256, D), or None."""
+        if self.local is None:
+            return None
+        return self.local.tokens.reshape(1, -1, self.local.tokens.shape[-1])

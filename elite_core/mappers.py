@@ -61,12 +61,20 @@ def _registration_order() -> list[AttnSite]:
 
 
 class _MapperBase(nn.Module):
-    def __init__(self, widths: MapperWidths):
+    """The MLPs, and (``with_kv``) the per-site K/V linears that complete the checkpoint layout.
+
+    Inference keeps the K/V weights elsewhere (weight patches, or :class:`SiteKV` while sampling),
+    so runtime mappers are built without them.
+    """
+
+    def __init__(self, widths: MapperWidths, with_kv: bool = True):
         super().__init__()
         self.widths = widths
         for i in range(NUM_WORDS):
             setattr(self, f"mapping_{i}", _mlp(widths))
             setattr(self, f"mapping_patch_{i}", _mlp(widths))
+        if not with_kv:
+            return
         dims = dict(zip(SD1_ATTN2_SITES, widths.kv_dims))
         for site in _registration_order():
             setattr(self, f"{site.ckpt_prefix}_to_k", nn.Linear(widths.output_dim, dims[site], bias=False))
@@ -77,16 +85,6 @@ class _MapperBase(nn.Module):
 
     def patch_mlp(self, i: int) -> nn.Sequential:
         return getattr(self, f"mapping_patch_{i}")
-
-    def kv_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Detached (to_k, to_v) weights per site, keyed by the site's checkpoint prefix."""
-        return {
-            site.ckpt_prefix: (
-                getattr(self, f"{site.ckpt_prefix}_to_k").weight.detach(),
-                getattr(self, f"{site.ckpt_prefix}_to_v").weight.detach(),
-            )
-            for site in SD1_ATTN2_SITES
-        }
 
     def _check_features(self, features: list[torch.Tensor]) -> None:
         if len(features) != NUM_WORDS:
@@ -128,9 +126,32 @@ def expected_keys(widths: MapperWidths) -> dict[str, tuple[int, ...]]:
     return {name: tuple(t.shape) for name, t in module.state_dict().items()}
 
 
-def build_mapper(kind: type[_MapperBase], state_dict: dict[str, torch.Tensor], widths: MapperWidths):
-    """Instantiate ``kind`` around ``state_dict`` without random initialisation (tensors are adopted)."""
+def build_mapper(kind: type[_MapperBase], state_dict: dict[str, torch.Tensor], widths: MapperWidths,
+                 with_kv: bool = True):
+    """Instantiate ``kind`` around ``state_dict`` without random initialisation (tensors are adopted).
+
+    With ``with_kv=False`` only the MLPs are built and the K/V entries of ``state_dict`` are ignored.
+    """
     with torch.device("meta"):
-        module = kind(widths)
+        module = kind(widths, with_kv=with_kv)
+    if not with_kv:
+        state_dict = {k: v for k, v in state_dict.items() if k.startswith("mapping_")}
     module.load_state_dict(state_dict, strict=True, assign=True)
     return module.eval().requires_grad_(False)
+
+
+def kv_from_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The per-site (to_k, to_v) weights of a mapper checkpoint, keyed by the site's checkpoint prefix."""
+    return {site.ckpt_prefix: (state_dict[site.ckpt_to_k], state_dict[site.ckpt_to_v]) for site in SD1_ATTN2_SITES}
+
+
+class SiteKV(nn.Module):
+    """Per-site K/V weights as a module, so ComfyUI's memory manager can load and offload them."""
+
+    def __init__(self, kv: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        super().__init__()
+        self.to_k = nn.ParameterDict({p: nn.Parameter(w[0], requires_grad=False) for p, w in kv.items()})
+        self.to_v = nn.ParameterDict({p: nn.Parameter(w[1], requires_grad=False) for p, w in kv.items()})
+
+    def weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {p: (self.to_k[p], self.to_v[p]) for p in self.to_k}

@@ -3,6 +3,12 @@
 from .nodes_attn_patch import ELITELocalAttnPatch
 from .nodes_conditioning import ELITEConditioning
 from .nodes_encoder import ELITEEncoder
-from .nodes_mapper_loader import ELITEGlobalMapperLoader
+from .nodes_mapper_loader import ELITEGlobalMapperLoader, ELITELocalMapperLoader
 
-ELITE_NODES = [ELITEGlobalMapperLoader, ELITEEncoder, ELITEConditioning, ELITELocalAttnPatch]
+ELITE_NODES = [
+    ELITEGlobalMapperLoader,
+    ELITELocalMapperLoader,
+    ELITEEncoder,
+    ELITEConditioning,
+    ELITELocalAttnPatch,
+]

@@ -1,4 +1,4 @@
-"""ELITELocalAttnPatch: put ELITE's fine-tuned cross-attention K/V into an SD1.x MODEL."""
+"""ELITELocalAttnPatch: ELITE's cross-attention (global K/V and the local branch) on an SD1.x MODEL."""
 
 from comfy_api.latest import io
 
@@ -14,18 +14,35 @@ class ELITELocalAttnPatch(io.ComfyNode):
             display_name="ELITE Attention Patch",
             category=CATEGORY,
             description=(
-                "Returns a copy of the MODEL whose 16 cross-attention to_k/to_v weights are ELITE's "
-                "fine-tuned ones (for the positive and the negative prompt, as in the reference). "
-                "Place LoRA loaders after this node: a LoRA applied before it is overwritten on "
-                "those 32 weights."
+                "Returns a copy of the MODEL with ELITE's fine-tuned cross-attention K/V weights (for "
+                "the positive and the negative prompt, as in the reference) and, when the concept has "
+                "a local mapping, the local attention branch on the positive prompt. Put LoRA loaders "
+                "after this node."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="An SD1.x model."),
                 ConceptType.Input("concept"),
+                io.Conditioning.Input(
+                    "positive", optional=True,
+                    tooltip="The output of ELITE Conditioning: the local branch finds the placeholder there.",
+                ),
+                io.Float.Input(
+                    "strength", display_name="λ (local strength)", default=0.8, min=0.0, max=2.0, step=0.05,
+                    tooltip="Weight of the local branch. 0.8 is the reference default, 0.6 its demo's; 0 disables it.",
+                ),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the schedule where the local branch starts."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the schedule where the local branch stops."),
+                io.Boolean.Input("global_kv", default=True,
+                                 tooltip="Use ELITE's fine-tuned cross-attention K/V weights (the reference always does)."),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
-    def execute(cls, model, concept) -> io.NodeOutput:
-        return io.NodeOutput(comfy_adapter.apply_global_kv(model, concept))
+    def execute(cls, model, concept, positive=None, strength=0.8, start_percent=0.0, end_percent=1.0,
+                global_kv=True) -> io.NodeOutput:
+        return io.NodeOutput(
+            comfy_adapter.apply_elite(model, concept, positive, strength, start_percent, end_percent, global_kv)
+        )

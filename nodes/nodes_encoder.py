@@ -1,9 +1,9 @@
-"""ELITEEncoder: concept image -> ELITE concept (mapped word embeddings)."""
+"""ELITEEncoder: concept image (+ object mask) -> ELITE concept."""
 
 from comfy_api.latest import io
 
 from ..elite_core import comfy_adapter
-from .elite_types import CATEGORY, ConceptType, GlobalMapperType
+from .elite_types import CATEGORY, ConceptType, GlobalMapperType, LocalMapperType
 
 
 class ELITEEncoder(io.ComfyNode):
@@ -14,19 +14,30 @@ class ELITEEncoder(io.ComfyNode):
             display_name="ELITE Encoder",
             category=CATEGORY,
             description=(
-                "Encodes a concept image with CLIP ViT-L/14 and the ELITE global mapper into five "
-                "word embeddings (word 0 is the primary word). The image is squashed to 224x224 "
-                "without cropping, as in the reference; crop it around the object first. Several "
-                "images in the batch are averaged into one concept."
+                "Encodes a concept image with CLIP ViT-L/14: the global mapper gives five word "
+                "embeddings (word 0 is the primary word); the optional local mapper gives 256 "
+                "object tokens for the local attention branch. The image is squashed to 224x224 "
+                "without cropping, as in the reference: crop it around the object first."
             ),
             inputs=[
                 io.ClipVision.Input("clip_vision", tooltip="CLIP ViT-L/14 vision model."),
                 GlobalMapperType.Input("global_mapper"),
                 io.Image.Input("image", tooltip="The concept image, object centred."),
+                LocalMapperType.Input("local_mapper", optional=True, tooltip="Adds ELITE's local mapping."),
+                io.Mask.Input(
+                    "mask", optional=True,
+                    tooltip="Object mask, 1 on the object (used by the local mapping). Without a mask the whole image is the object.",
+                ),
+                io.Boolean.Input(
+                    "invert_mask", default=False,
+                    tooltip="Turn on for a MASK from Load Image, which is 1 on transparent (background) pixels.",
+                ),
             ],
             outputs=[ConceptType.Output(display_name="concept")],
         )
 
     @classmethod
-    def execute(cls, clip_vision, global_mapper, image) -> io.NodeOutput:
-        return io.NodeOutput(comfy_adapter.encode_concept(clip_vision, global_mapper, image))
+    def execute(cls, clip_vision, global_mapper, image, local_mapper=None, mask=None, invert_mask=False) -> io.NodeOutput:
+        return io.NodeOutput(
+            comfy_adapter.encode_concept(clip_vision, global_mapper, image, local_mapper, mask, invert_mask)
+        )

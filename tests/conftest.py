@@ -34,6 +34,7 @@ TEST_PACK_LINK = CUSTOM_NODES / "elite_test_pack"
 ELITE_MODELS = BASE_DIR / "models" / "elite"
 TINY_GLOBAL_MAPPER = "tiny_global_mapper.safetensors"
 TINY_GLOBAL_MAPPER_PT = "tiny_global_mapper.pt"
+TINY_LOCAL_MAPPER = "tiny_local_mapper.safetensors"
 
 CUSTOM_NODES.mkdir(parents=True)
 ELITE_MODELS.mkdir(parents=True)
@@ -67,6 +68,8 @@ from comfyui_elite.elite_core.checkpoint import save_mapper_safetensors  # noqa:
 
 save_mapper_safetensors(_GLOBAL_STATE, str(ELITE_MODELS / TINY_GLOBAL_MAPPER), kind="global")
 torch.save(_GLOBAL_STATE, str(ELITE_MODELS / TINY_GLOBAL_MAPPER_PT))
+_LOCAL_STATE = tiny_models.tiny_mapper_state_dict(seed=11)
+save_mapper_safetensors(_LOCAL_STATE, str(ELITE_MODELS / TINY_LOCAL_MAPPER), kind="local")
 CONCEPT_IMAGE = "elite_concept.png"
 (BASE_DIR / "input").mkdir(exist_ok=True)
 from elite_test_pack.workflows import write_concept_image  # noqa: E402
@@ -86,6 +89,18 @@ def base_dir() -> Path:
 @pytest.fixture(scope="session")
 def global_mapper_state() -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in _GLOBAL_STATE.items()}
+
+
+@pytest.fixture(scope="session")
+def local_mapper_state() -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in _LOCAL_STATE.items()}
+
+
+@pytest.fixture(scope="session")
+def local_mapper():
+    from comfyui_elite.elite_core import comfy_adapter
+
+    return comfy_adapter.load_local_mapper(TINY_LOCAL_MAPPER)
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import BASE_DIR, COMFY_DIR, TINY_GLOBAL_MAPPER
+from conftest import BASE_DIR, COMFY_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
 from elite_test_pack.workflows import with_tiny_models
 
-API_TWIN = Path(__file__).resolve().parent / "api_workflows" / "elite_global.json"
+API_TWIN = Path(__file__).resolve().parent / "api_workflows" / "elite_global_local.json"
 
 
 def _free_port() -> int:
@@ -72,12 +72,12 @@ def test_nodes_and_templates_are_published(server):
     mappers = requests.get(f"{url}/object_info/ELITEGlobalMapperLoader", timeout=10).json()
     assert TINY_GLOBAL_MAPPER in json.dumps(mappers)
     templates = requests.get(f"{url}/workflow_templates", timeout=10).json()
-    assert templates.get("comfyui-elite") == ["elite_global"]
+    assert sorted(templates.get("comfyui-elite")) == ["elite_global", "elite_global_local"]
 
 
 def test_workflow_over_http_produces_an_image(server):
     url, _ = server
-    prompt = with_tiny_models(json.loads(API_TWIN.read_text()), TINY_GLOBAL_MAPPER)
+    prompt = with_tiny_models(json.loads(API_TWIN.read_text()), TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER)
     prompt["12"]["inputs"]["filename_prefix"] = "ELITE_http"
     reply = requests.post(f"{url}/prompt", json={"prompt": prompt, "client_id": str(uuid.uuid4())}, timeout=30)
     assert reply.status_code == 200, reply.text

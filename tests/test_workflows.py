@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -10,12 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import BASE_DIR, TINY_GLOBAL_MAPPER
+from conftest import BASE_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
 from elite_test_pack.workflows import ui_to_api, with_tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
-UI_WORKFLOW = REPO / "example_workflows" / "elite_global.json"
-API_TWIN = REPO / "tests" / "api_workflows" / "elite_global.json"
+EXAMPLES = ["elite_global", "elite_global_local"]
+
+
+def tiny_prompt(name: str) -> dict:
+    api = json.loads((REPO / "tests" / "api_workflows" / f"{name}.json").read_text())
+    return with_tiny_models(api, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER)
 
 
 class _Server:
@@ -42,22 +47,29 @@ def run_prompt(prompt: dict):
     return executor
 
 
-def test_example_is_ui_format_with_known_nodes():
-    workflow = json.loads(UI_WORKFLOW.read_text())
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_is_ui_format_with_known_nodes(name):
+    workflow = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
     assert {"nodes", "links", "version"} <= workflow.keys()
     types = {node["type"] for node in workflow["nodes"]}
     assert {"ELITEGlobalMapperLoader", "ELITEEncoder", "ELITEConditioning", "ELITELocalAttnPatch"} <= types
     assert all(t in nodes.NODE_CLASS_MAPPINGS for t in types)
 
 
-def test_api_twin_is_the_conversion_of_the_ui_example():
-    converted = ui_to_api(json.loads(UI_WORKFLOW.read_text()), nodes.NODE_CLASS_MAPPINGS)
-    assert converted == json.loads(API_TWIN.read_text())
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_api_twin_is_the_conversion_of_the_ui_example(name):
+    """The API-format twin the tests execute is exactly the shipped UI workflow.
+    After changing a workflow, refresh the twins with ELITE_UPDATE_TWINS=1 make test."""
+    converted = ui_to_api(json.loads((REPO / "example_workflows" / f"{name}.json").read_text()), nodes.NODE_CLASS_MAPPINGS)
+    twin = REPO / "tests" / "api_workflows" / f"{name}.json"
+    if os.environ.get("ELITE_UPDATE_TWINS") == "1":
+        twin.write_text(json.dumps(converted, indent=1) + "\n")
+    assert converted == json.loads(twin.read_text())
 
 
-def test_global_workflow_runs_in_process_and_saves_an_image():
-    prompt = with_tiny_models(json.loads(API_TWIN.read_text()), TINY_GLOBAL_MAPPER)
-    executor = run_prompt(prompt)
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_runs_in_process_and_saves_an_image(name):
+    executor = run_prompt(tiny_prompt(name))
     assert executor.success, [m for m in executor.status_messages if m[0] == "execution_error"]
     (image_info,) = executor.history_result["outputs"]["12"]["images"]
     path = BASE_DIR / "output" / image_info["subfolder"] / image_info["filename"]
@@ -75,7 +87,7 @@ def execution_error(prompt) -> dict:
 
 
 def test_missing_mapper_file_says_where_it_was_looked_for():
-    prompt = with_tiny_models(json.loads(API_TWIN.read_text()), TINY_GLOBAL_MAPPER)
+    prompt = tiny_prompt("elite_global")
     prompt["3"]["inputs"]["mapper_name"] = "global_mapper.pt"
     error = execution_error(prompt)
     assert error["node_type"] == "ELITEGlobalMapperLoader"
@@ -89,7 +101,7 @@ def test_missing_mapper_file_says_where_it_was_looked_for():
     ("a photo of a cat", "The prompt has no placeholder 'S'"),
 ])
 def test_workflow_errors_reach_the_user(bad_prompt, message):
-    prompt = with_tiny_models(json.loads(API_TWIN.read_text()), TINY_GLOBAL_MAPPER)
+    prompt = tiny_prompt("elite_global")
     prompt["6"]["inputs"]["text"] = bad_prompt
     error = execution_error(prompt)
     assert message in error["exception_message"]

@@ -52,13 +52,13 @@ def tiny_sd15_unet_config() -> dict:
     }
 
 
-def build_tiny_sd15_model(seed: int = 0, **unet_overrides):
+def build_tiny_sd15_model(seed: int = 0, dtype: torch.dtype = torch.float32, **unet_overrides):
     """A ModelPatcher around a tiny SD1.5-layout UNet; overrides (e.g. context_dim) change the config."""
     import comfy.model_patcher
     import comfy.supported_models
 
     config = comfy.supported_models.SD15({**tiny_sd15_unet_config(), **unet_overrides})
-    config.set_inference_dtype(torch.float32, None)
+    config.set_inference_dtype(dtype, None)
     base = config.get_model({}, "", device=torch.device("cpu"))
     seeded_init_(base.diffusion_model, seed, std=0.05)
     base.eval()

@@ -50,7 +50,8 @@ def ui_to_api(workflow: dict, node_classes: dict) -> dict:
     return prompt
 
 
-def with_tiny_models(prompt: dict, mapper_name: str, size: int = 64, steps: int = 3) -> dict:
+def with_tiny_models(prompt: dict, mapper_name: str, local_mapper_name: str | None = None,
+                     size: int = 64, steps: int = 3) -> dict:
     """The same workflow on tiny RANDOM models: loaders swapped, small latent, few steps."""
     prompt = copy.deepcopy(prompt)
     for node in prompt.values():
@@ -59,6 +60,8 @@ def with_tiny_models(prompt: dict, mapper_name: str, size: int = 64, steps: int 
             node["class_type"], node["inputs"] = TINY_LOADERS[kind][0], dict(TINY_LOADERS[kind][1])
         elif kind == "ELITEGlobalMapperLoader":
             node["inputs"]["mapper_name"] = mapper_name
+        elif kind == "ELITELocalMapperLoader":
+            node["inputs"]["mapper_name"] = local_mapper_name
         elif kind == "EmptyLatentImage":
             node["inputs"].update(width=size, height=size)
         elif kind == "KSampler":
@@ -69,12 +72,13 @@ def with_tiny_models(prompt: dict, mapper_name: str, size: int = 64, steps: int 
 
 
 def write_concept_image(path: str, size: int = 256) -> None:
-    """A synthetic, object-centred concept image: a red ball with a highlight on a light background."""
+    """A synthetic, object-centred concept image: a red ball with a highlight, on a transparent
+    background (so Load Image's MASK is 1 around the ball and 0 on it)."""
     from PIL import Image, ImageDraw
 
-    image = Image.new("RGB", (size, size), (235, 232, 225))
+    image = Image.new("RGBA", (size, size), (235, 232, 225, 0))
     draw = ImageDraw.Draw(image)
     m = size // 6
-    draw.ellipse((m, m, size - m, size - m), fill=(200, 30, 40))
-    draw.ellipse((size // 3, size // 4, size // 2, size // 2.4), fill=(245, 150, 150))
+    draw.ellipse((m, m, size - m, size - m), fill=(200, 30, 40, 255))
+    draw.ellipse((size // 3, size // 4, size // 2, size // 2.4), fill=(245, 150, 150, 255))
     image.save(path)

@@ -1,0 +1,137 @@
+"""ELITE's patch objects for ComfyUI's SD1.x cross-attention, in ComfyUI's calling convention.
+
+They import nothing from ComfyUI: the optimised attention function is handed in by the adapter.
+
+* :class:`PlaceholderProbe` is an ``attn2_patch``: it sees the raw text context before the K/V
+  projections, finds the placeholder token by its fingerprint and leaves a selection in the
+  per-block ``extra_options`` for the replace to read.
+* :class:`ELITEAttn2Replace` is an ``attn2`` replace for one site: the text attention (or the
+  replace it wraps, e.g. another pack's) plus ELITE's local term on the positive rows.
+
+Both are immutable after construction (ComfyUI may deep-copy or share them between clones), and
+keep tensors on the CPU, caching device/dtype copies lazily.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .local_attention import AttentionFn, local_term, placeholder_selection
+
+COND = 0  # cond_or_uncond entry of a positive-prompt chunk
+
+
+class _LazyTensors:
+    """CPU tensors with per-(device, dtype) copies made on first use."""
+
+    def __init__(self, make: Callable[[torch.device, torch.dtype], tuple[torch.Tensor, ...]]):
+        self._make = make
+        self._cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, ...]] = {}
+
+    def get(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        key = (device, dtype)
+        if key not in self._cache:
+            self._cache[key] = self._make(device, dtype)
+        return self._cache[key]
+
+
+class _SharedPatch:
+    """Patch objects are shared, never copied: deepcopy returns self, .to() is lazy."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device_or_dtype):
+        return self
+
+
+class PlaceholderProbe(_SharedPatch):
+    def __init__(self, key: str, fingerprints: torch.Tensor, models: Sequence = ()):
+        self.key = key
+        self._models = list(models)
+        cpu = fingerprints.detach().float().cpu()
+        self._fingerprints = _LazyTensors(lambda device, dtype: (cpu.to(device, dtype),))
+
+    def __call__(self, n, context, value, extra_options):
+        (fingerprints,) = self._fingerprints.get(context.device, context.dtype)
+        extra_options[self.key] = placeholder_selection(context, fingerprints)
+        return n, context, value
+
+    def models(self) -> list:
+        return list(self._models)
+
+
+class ELITEAttn2Replace(_SharedPatch):
+    """ELITE cross-attention at one site.
+
+    ``local_tokens`` (1, L, D) and the site's local ``to_k``/``to_v`` weights (C, D) are projected
+    once per device and dtype. ``scale`` is λ; the local term is active while
+    ``sigma_end <= sigma <= sigma_start`` (checked on the device, no host synchronisation).
+    """
+
+    def __init__(
+        self,
+        key: str,
+        local_tokens: torch.Tensor,
+        weight_k: Callable[[], torch.Tensor],
+        weight_v: Callable[[], torch.Tensor],
+        scale: float,
+        sigma_start: float,
+        sigma_end: float,
+        attention: AttentionFn,
+        previous: Callable | None = None,
+    ):
+        self.key = key
+        self.scale = float(scale)
+        self.sigma_start = float(sigma_start)
+        self.sigma_end = float(sigma_end)
+        self.attention = attention
+        self.previous = previous
+        tokens = local_tokens.detach().float().cpu()
+
+        def project(device, dtype):
+            e = tokens.to(device, dtype)
+            return (
+                torch.matmul(e, weight_k().to(device, dtype).transpose(0, 1)),
+                torch.matmul(e, weight_v().to(device, dtype).transpose(0, 1)),
+            )
+
+        self._local_kv = _LazyTensors(project)
+
+    def _base(self, q, k, v, extra_options):
+        if self.previous is not None:
+            return self.previous(q, k, v, extra_options)
+        return self.attention(
+            q, k, v, extra_options["n_heads"],
+            attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options,
+        )
+
+    def _scale(self, extra_options, device) -> torch.Tensor | float:
+        sigmas = extra_options.get("sigmas")
+        if sigmas is None:
+            return self.scale
+        sigma = sigmas.detach()[:1].to(device=device, dtype=torch.float32)
+        active = (sigma <= self.sigma_start) & (sigma >= self.sigma_end)
+        return active.to(torch.float32) * self.scale
+
+    def __call__(self, q, k, v, extra_options):
+        out = self._base(q, k, v, extra_options)
+        selection = extra_options.get(self.key)
+        chunks = extra_options.get("cond_or_uncond") or [COND]
+        if selection is None or COND not in chunks:
+            return out
+        heads = extra_options["n_heads"]
+        k_local, v_local = self._local_kv.get(q.device, q.dtype)
+        scale = self._scale(extra_options, q.device)
+        rows = q.shape[0] // len(chunks)
+        pieces = []
+        for index, kind in enumerate(chunks):
+            part = slice(index * rows, (index + 1) * rows)
+            if kind != COND:
+                pieces.append(out[part])
+                continue
+            term = local_term(q[part], k[part], selection[part], k_local, v_local, heads, scale, self.attention)
+            pieces.append(out[part] + term)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)

@@ -1,0 +1,73 @@
+"""ELITE's local attention branch as flat, pure functions (reference ``train_local.py``, §7).
+
+Per cross-attention layer, with Q from the image, K/V from the text through ELITE's global weights,
+and ``E`` the masked local tokens (B, 256, 768) projected by the layer's local ``to_k``/``to_v``::
+
+    P  = softmax(Q Kᵀ · d^-1/2)                  text attention probabilities
+    A  = P[..., placeholder] / max(...)          the placeholder's attention map, per sample max
+    O  = P V + λ · ((softmax(Q Klᵀ · d^-1/2) ⊙ A[..., None]) Vl)
+
+Because the gate A depends on the query position only, ``(Pl ⊙ A) Vl == A ⊙ (Pl Vl)``: the local
+term is an ordinary attention over the local tokens, scaled row-wise by A. So both attentions can
+run through an optimised kernel, and only the placeholder column of P is computed explicitly.
+
+Tensors follow ComfyUI's attention convention: (batch, tokens, heads * dim_head).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+AttentionFn = Callable[..., torch.Tensor]  # (q, k, v, heads, **kwargs) -> (b, n, heads * dim_head)
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(b, n, h * d) -> (b, h, n, d)."""
+    b, n, inner = x.shape
+    return x.view(b, n, heads, inner // heads).transpose(1, 2)
+
+
+def placeholder_selection(context: torch.Tensor, fingerprints: torch.Tensor) -> torch.Tensor:
+    """One-hot (b, T) of the first context token equal to any fingerprint; all-zero rows when absent.
+
+    ``fingerprints`` (m, width) are the text-encoder outputs at the placeholder, in context's dtype.
+    The comparison is exact: conditioning nodes copy these vectors (concat, combine, time ranges,
+    padding to a common length) but never change their values.
+    """
+    matches = (context.unsqueeze(2) == fingerprints.view(1, 1, *fingerprints.shape)).all(-1).any(-1)
+    first = matches & (matches.cumsum(dim=-1) == 1)
+    return first.to(context.dtype)
+
+
+def placeholder_gate(q: torch.Tensor, k: torch.Tensor, selection: torch.Tensor, heads: int) -> torch.Tensor:
+    """The placeholder's text-attention probability per head and query, normalised by its maximum
+    over heads and positions of each sample: (b, heads, n), fp32. Zero for rows without a placeholder."""
+    qh, kh = split_heads(q, heads), split_heads(k, heads)
+    scale = qh.shape[-1] ** -0.5
+    logits = torch.matmul(qh, kh.transpose(-1, -2)).float() * scale  # (b, h, n, T)
+    chosen = torch.einsum("bhnt,bt->bhn", logits, selection.float())
+    gate = torch.exp(chosen - torch.logsumexp(logits, dim=-1)) * selection.float().amax(-1).view(-1, 1, 1)
+    peak = gate.amax(dim=(1, 2), keepdim=True)
+    return gate / peak.clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def local_term(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    selection: torch.Tensor,
+    k_local: torch.Tensor,
+    v_local: torch.Tensor,
+    heads: int,
+    scale: torch.Tensor | float,
+    attention: AttentionFn,
+) -> torch.Tensor:
+    """λ · A ⊙ attention(q, k_local, v_local), in q's dtype: the term ELITE adds before ``to_out``."""
+    b, n, inner = q.shape
+    gate = placeholder_gate(q, k, selection, heads)  # (b, h, n)
+    if k_local.shape[0] != b:
+        k_local, v_local = k_local.expand(b, -1, -1), v_local.expand(b, -1, -1)
+    local = attention(q, k_local, v_local, heads).view(b, n, heads, inner // heads)
+    weight = (gate.transpose(1, 2).unsqueeze(-1) * scale).to(q.dtype)  # (b, n, h, 1)
+    return (local * weight).reshape(b, n, inner)

@@ -1,0 +1,119 @@
+"""Write the UI-format example workflows in example_workflows/ (run after changing a node's widgets).
+
+Each workflow is described once below as nodes with their linked inputs and widget values; links
+are derived from the inputs. The API-format twins under tests/api_workflows/ are produced from these
+files by the tests' converter (tests/comfy_test_pack/workflows.py) and checked by the test suite.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Output sockets of every node type used: name -> type, in slot order.
+OUTPUTS = {
+    "CheckpointLoaderSimple": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+    "CLIPVisionLoader": [("CLIP_VISION", "CLIP_VISION")],
+    "ELITEGlobalMapperLoader": [("global_mapper", "ELITE_GLOBAL_MAPPER")],
+    "ELITELocalMapperLoader": [("local_mapper", "ELITE_LOCAL_MAPPER")],
+    "LoadImage": [("IMAGE", "IMAGE"), ("MASK", "MASK")],
+    "ELITEEncoder": [("concept", "ELITE_CONCEPT")],
+    "ELITEConditioning": [("CONDITIONING", "CONDITIONING")],
+    "CLIPTextEncode": [("CONDITIONING", "CONDITIONING")],
+    "ELITELocalAttnPatch": [("MODEL", "MODEL")],
+    "EmptyLatentImage": [("LATENT", "LATENT")],
+    "KSampler": [("LATENT", "LATENT")],
+    "VAEDecode": [("IMAGE", "IMAGE")],
+    "SaveImage": [],
+}
+
+
+def common_nodes(strength: float) -> list[dict]:
+    """The graph shared by both examples; the local one adds its loader and mask below."""
+    return [
+        dict(id=1, type="CheckpointLoaderSimple", pos=[40, 60], widgets=["v1-5-pruned-emaonly.safetensors"]),
+        dict(id=2, type="CLIPVisionLoader", pos=[40, 260], title="Load CLIP Vision (ViT-L/14)",
+             widgets=["clip-vit-large-patch14.safetensors"]),
+        dict(id=3, type="ELITEGlobalMapperLoader", pos=[40, 380], widgets=["global_mapper.pt"]),
+        dict(id=4, type="LoadImage", pos=[40, 620], title="Concept image (object centred, transparent background)",
+             widgets=["elite_concept.png", "image"]),
+        dict(id=5, type="ELITEEncoder", pos=[440, 380],
+             inputs=[("clip_vision", 2, 0), ("global_mapper", 3, 0), ("image", 4, 0)], widgets=[True]),
+        dict(id=6, type="ELITEConditioning", pos=[840, 160], inputs=[("clip", 1, 1), ("concept", 5, 0)],
+             widgets=["a photo of S on the beach", "S", "primary word"]),
+        dict(id=7, type="CLIPTextEncode", pos=[840, 440], title="Negative prompt (empty, as in the reference)",
+             inputs=[("clip", 1, 1)], widgets=[""]),
+        dict(id=8, type="ELITELocalAttnPatch", pos=[1240, 20],
+             inputs=[("model", 1, 0), ("concept", 5, 0), ("positive", 6, 0)], widgets=[strength, 0.0, 1.0, True]),
+        dict(id=9, type="EmptyLatentImage", pos=[840, 640], widgets=[512, 512, 1]),
+        dict(id=10, type="KSampler", pos=[1640, 160],
+             inputs=[("model", 8, 0), ("positive", 6, 0), ("negative", 7, 0), ("latent_image", 9, 0)],
+             widgets=[42, "fixed", 50, 5.0, "lms", "normal", 1.0]),
+        dict(id=11, type="VAEDecode", pos=[2000, 160], inputs=[("samples", 10, 0), ("vae", 1, 2)]),
+        dict(id=12, type="SaveImage", pos=[2240, 160], inputs=[("images", 11, 0)], widgets=["ELITE"]),
+    ]
+
+
+def global_workflow() -> list[dict]:
+    nodes = common_nodes(strength=0.8)
+    nodes[4]["widgets"] = [False]  # no local mapper: the mask is not used
+    return nodes
+
+
+def local_workflow() -> list[dict]:
+    nodes = common_nodes(strength=0.6)
+    nodes.append(dict(id=13, type="ELITELocalMapperLoader", pos=[40, 500], widgets=["local_mapper.pt"]))
+    encoder = nodes[4]
+    encoder["inputs"] = encoder["inputs"] + [("local_mapper", 13, 0), ("mask", 4, 1)]
+    return nodes
+
+
+def to_ui(nodes: list[dict]) -> dict:
+    types = {node["id"]: node["type"] for node in nodes}
+
+    def socket_type(node_id: int, slot: int) -> str:
+        return OUTPUTS[types[node_id]][slot][1]
+
+    links, link_of_input, targets = [], {}, {}
+    for node in nodes:
+        for slot, (_, from_id, from_slot) in enumerate(node.get("inputs", [])):
+            link_id = len(links) + 1
+            links.append([link_id, from_id, from_slot, node["id"], slot, socket_type(from_id, from_slot)])
+            link_of_input[(node["id"], slot)] = link_id
+            targets.setdefault((from_id, from_slot), []).append(link_id)
+    ui_nodes = []
+    for order, node in enumerate(nodes):
+        ui = {
+            "id": node["id"], "type": node["type"], "pos": node["pos"], "size": [360, 120], "flags": {},
+            "order": order, "mode": 0,
+            "inputs": [
+                {"name": name, "type": socket_type(from_id, from_slot), "link": link_of_input[(node["id"], slot)]}
+                for slot, (name, from_id, from_slot) in enumerate(node.get("inputs", []))
+            ],
+            "outputs": [
+                {"name": name, "type": kind, "links": targets.get((node["id"], slot), []), "slot_index": slot}
+                for slot, (name, kind) in enumerate(OUTPUTS[node["type"]])
+            ],
+            "properties": {"Node name for S&R": node["type"]},
+            "widgets_values": node.get("widgets", []),
+        }
+        if "title" in node:
+            ui["title"] = node["title"]
+        ui_nodes.append(ui)
+    return {
+        "last_node_id": max(n["id"] for n in nodes), "last_link_id": len(links), "nodes": ui_nodes,
+        "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [0, 0]}},
+        "version": 0.4,
+    }
+
+
+def main() -> None:
+    for name, nodes in (("elite_global", global_workflow()), ("elite_global_local", local_workflow())):
+        path = REPO / "example_workflows" / f"{name}.json"
+        path.write_text(json.dumps(to_ui(nodes), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
