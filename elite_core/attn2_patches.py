@@ -126,12 +126,10 @@ class ELITEAttn2Replace(_SharedPatch):
         k_local, v_local = self._local_kv.get(q.device, q.dtype)
         scale = self._scale(extra_options, q.device)
         rows = q.shape[0] // len(chunks)
-        pieces = []
+        if self.previous is not None:
+            out = out.clone()  # another pack's output: do not write into it
         for index, kind in enumerate(chunks):
-            part = slice(index * rows, (index + 1) * rows)
-            if kind != COND:
-                pieces.append(out[part])
-                continue
-            term = local_term(q[part], k[part], selection[part], k_local, v_local, heads, scale, self.attention)
-            pieces.append(out[part] + term)
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+            if kind == COND:
+                part = slice(index * rows, (index + 1) * rows)
+                out[part] += local_term(q[part], k[part], selection[part], k_local, v_local, heads, scale, self.attention)
+        return out

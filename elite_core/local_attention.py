@@ -43,12 +43,18 @@ def placeholder_selection(context: torch.Tensor, fingerprints: torch.Tensor) -> 
 
 def placeholder_gate(q: torch.Tensor, k: torch.Tensor, selection: torch.Tensor, heads: int) -> torch.Tensor:
     """The placeholder's text-attention probability per head and query, normalised by its maximum
-    over heads and positions of each sample: (b, heads, n), fp32. Zero for rows without a placeholder."""
-    qh, kh = split_heads(q, heads), split_heads(k, heads)
+    over heads and positions of each sample: (b, heads, n), fp32. Zero for rows without a placeholder.
+
+    Only the placeholder's column of the softmax is formed: its logit, minus the log-sum-exp of all
+    logits (computed in q's dtype, reduced in fp32).
+    """
+    qh = split_heads(q, heads)
     scale = qh.shape[-1] ** -0.5
-    logits = torch.matmul(qh, kh.transpose(-1, -2)).float() * scale  # (b, h, n, T)
-    chosen = torch.einsum("bhnt,bt->bhn", logits, selection.float())
-    gate = torch.exp(chosen - torch.logsumexp(logits, dim=-1)) * selection.float().amax(-1).view(-1, 1, 1)
+    logits = torch.matmul(qh, split_heads(k, heads).transpose(-1, -2)).float().mul_(scale)  # (b, h, n, T)
+    k_placeholder = torch.einsum("bt,btc->bc", selection, k).unsqueeze(1)  # (b, 1, h * d)
+    chosen = torch.matmul(qh, split_heads(k_placeholder, heads).transpose(-1, -2)).squeeze(-1).float() * scale
+    present = selection.amax(dim=-1).float().view(-1, 1, 1)
+    gate = torch.exp(chosen - torch.logsumexp(logits, dim=-1)) * present
     peak = gate.amax(dim=(1, 2), keepdim=True)
     return gate / peak.clamp_min(torch.finfo(torch.float32).tiny)
 
@@ -63,11 +69,14 @@ def local_term(
     scale: torch.Tensor | float,
     attention: AttentionFn,
 ) -> torch.Tensor:
-    """λ · A ⊙ attention(q, k_local, v_local), in q's dtype: the term ELITE adds before ``to_out``."""
+    """λ · A ⊙ attention(q, k_local, v_local), in q's dtype: the term ELITE adds before ``to_out``.
+
+    The local attention asks for an fp32 softmax (``attn_precision``), as the gate's is.
+    """
     b, n, inner = q.shape
     gate = placeholder_gate(q, k, selection, heads)  # (b, h, n)
     if k_local.shape[0] != b:
         k_local, v_local = k_local.expand(b, -1, -1), v_local.expand(b, -1, -1)
-    local = attention(q, k_local, v_local, heads).view(b, n, heads, inner // heads)
+    local = attention(q, k_local, v_local, heads, attn_precision=torch.float32).view(b, n, heads, inner // heads)
     weight = (gate.transpose(1, 2).unsqueeze(-1) * scale).to(q.dtype)  # (b, n, h, 1)
     return (local * weight).reshape(b, n, inner)
