@@ -1,11 +1,13 @@
 """`make demo`: run the ELITE example workflow through a real, headless ComfyUI server.
 
-With real weights (an SD1.x checkpoint, CLIP ViT-L/14 vision, ELITE's global mapper) found in the
-models folder, the example workflow runs on them. Otherwise it runs on tiny RANDOM demo weights in
-the real layouts, says so loudly, and the image is noise: it proves the plumbing, not the quality.
+With real weights (an SD1.x checkpoint, CLIP ViT-L/14 vision, ELITE's global mapper and, for the
+full method, its local mapper) found in the models folder, the example workflow runs on them.
+Otherwise it runs on tiny RANDOM demo weights in the real layouts, says so loudly, and the image is
+noise: it proves the plumbing, not the quality.
 
 Models folder: $ELITE_DEMO_MODELS, or ./demo_models, laid out like ComfyUI's models/:
-    checkpoints/<SD1.x>.safetensors  clip_vision/<ViT-L-14>.safetensors  elite/global_mapper.pt
+    checkpoints/<SD1.x>.safetensors  clip_vision/<ViT-L-14>.safetensors
+    elite/global_mapper.pt           elite/local_mapper.pt (optional: global + local workflow)
 """
 
 from __future__ import annotations
@@ -15,22 +17,19 @@ import json
 import logging
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
-
-import requests
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+from comfy_test_pack.comfy_server import run_prompt, running_server  # noqa: E402
 from comfy_test_pack.pack_import import elite_core_module  # noqa: E402
 from comfy_test_pack.tiny_models import tiny_mapper_state_dict  # noqa: E402
 from comfy_test_pack.workflows import with_tiny_models, write_concept_image  # noqa: E402
 
 log = logging.getLogger("elite.demo")
+RANDOM_GLOBAL = "demo_random_global_mapper.safetensors"
+RANDOM_LOCAL = "demo_random_local_mapper.safetensors"
 WEIGHT_EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 RANDOM_BANNER = """
 ##########################################################################
@@ -42,22 +41,25 @@ RANDOM_BANNER = """
 ##########################################################################"""
 
 
+def _weight_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*") if p.suffix.lower() in WEIGHT_EXTS)
+
+
 def find_weights(models: Path) -> dict[str, str] | None:
-    found = {}
-    for folder in ("checkpoints", "clip_vision", "elite"):
-        files = sorted(p.name for p in (models / folder).glob("*") if p.suffix.lower() in WEIGHT_EXTS)
-        if folder == "elite":
-            files = [f for f in files if "global" in f.lower()] or files
-        if not files:
-            return None
-        found[folder] = files[0]
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """File names of the real weights, or None when one of the required ones is missing."""
+    elite = _weight_files(models / "elite")
+    found = {
+        "checkpoints": _weight_files(models / "checkpoints"),
+        "clip_vision": _weight_files(models / "clip_vision"),
+        "global": [f for f in elite if "global" in f.lower()],
+    }
+    if not all(found.values()):
+        return None
+    real = {key: files[0] for key, files in found.items()}
+    local = [f for f in elite if "local" in f.lower()]
+    if local:
+        real["local"] = local[0]
+    return real
 
 
 def prepare_base(base: Path, models: Path, real: dict | None, image: Path | None) -> None:
@@ -75,7 +77,8 @@ def prepare_base(base: Path, models: Path, real: dict | None, image: Path | None
         elite_dir = base / "models" / "elite"
         elite_dir.mkdir(parents=True, exist_ok=True)
         checkpoint = elite_core_module("checkpoint")
-        checkpoint.save_mapper_safetensors(tiny_mapper_state_dict(seed=10), str(elite_dir / "demo_random_global_mapper.safetensors"))
+        checkpoint.save_mapper_safetensors(tiny_mapper_state_dict(seed=10), str(elite_dir / RANDOM_GLOBAL))
+        checkpoint.save_mapper_safetensors(tiny_mapper_state_dict(seed=11), str(elite_dir / RANDOM_LOCAL))
     else:
         (base / "extra_model_paths.yaml").write_text(
             "elite_demo:\n"
@@ -85,60 +88,29 @@ def prepare_base(base: Path, models: Path, real: dict | None, image: Path | None
 
 
 def build_prompt(real: dict | None, steps: int | None) -> dict:
-    prompt = json.loads((REPO / "tests" / "api_workflows" / "elite_global.json").read_text())
+    """The API twin of an example workflow, pointed at the weights found (or the random ones)."""
+    workflow = "elite_global" if real is not None and "local" not in real else "elite_global_local"
+    prompt = json.loads((REPO / "tests" / "api_workflows" / f"{workflow}.json").read_text())
     if real is None:
-        return with_tiny_models(prompt, "demo_random_global_mapper.safetensors")
+        return with_tiny_models(prompt, RANDOM_GLOBAL, RANDOM_LOCAL)
     prompt["1"]["inputs"]["ckpt_name"] = real["checkpoints"]
     prompt["2"]["inputs"]["clip_name"] = real["clip_vision"]
-    prompt["3"]["inputs"]["mapper_name"] = real["elite"]
+    prompt["3"]["inputs"]["mapper_name"] = real["global"]
+    if "local" in real:
+        prompt["13"]["inputs"]["mapper_name"] = real["local"]
     if steps:
         prompt["10"]["inputs"]["steps"] = steps
     return prompt
 
 
-def run_server_and_prompt(comfy: Path, base: Path, prompt: dict, real: bool) -> Path:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--base-directory", str(base), "--disable-auto-launch", "--dont-print-server",
-           "--database-url", "sqlite:///:memory:"]
-    if real:
-        cmd += ["--extra-model-paths-config", str(base / "extra_model_paths.yaml")]
+def run_demo(comfy: Path, base: Path, prompt: dict, real: bool) -> Path:
+    extra = ["--extra-model-paths-config", str(base / "extra_model_paths.yaml")] if real else []
     server_log = base / "comfyui.log"
-    with open(server_log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=comfy, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 300
-        while True:
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"ComfyUI did not start; see {server_log}")
-            try:
-                if requests.get(f"{url}/object_info/ELITEEncoder", timeout=5).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
+    with running_server(comfy, base, server_log, extra) as url:
         log.info("ComfyUI is up at %s (log: %s); queueing the ELITE workflow", url, server_log)
-        reply = requests.post(f"{url}/prompt", json={"prompt": prompt, "client_id": str(uuid.uuid4())}, timeout=60)
-        if reply.status_code != 200:
-            raise RuntimeError(f"ComfyUI refused the workflow: {reply.text}")
-        prompt_id = reply.json()["prompt_id"]
-        while True:
-            entry = requests.get(f"{url}/history/{prompt_id}", timeout=30).json().get(prompt_id)
-            if entry and entry["status"].get("completed") is not None:
-                break
-            time.sleep(1)
-        if entry["status"]["status_str"] != "success":
-            errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
-            detail = errors[0]["exception_message"] if errors else entry["status"]
-            raise RuntimeError(f"The workflow failed: {detail}")
-        (image,) = entry["outputs"]["12"]["images"]
-        return base / "output" / image["subfolder"] / image["filename"]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        entry = run_prompt(url, prompt)
+    (image,) = entry["outputs"]["12"]["images"]
+    return base / "output" / image["subfolder"] / image["filename"]
 
 
 def main(argv=None) -> int:
@@ -160,7 +132,7 @@ def main(argv=None) -> int:
     else:
         log.warning(RANDOM_BANNER.format(models=str(models) + "/"))
     try:
-        image = run_server_and_prompt(Path(args.comfyui), base, build_prompt(real, args.steps), bool(real))
+        image = run_demo(Path(args.comfyui), base, build_prompt(real, args.steps), bool(real))
     except RuntimeError as exc:
         log.error("%s", exc)
         return 1

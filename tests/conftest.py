@@ -57,7 +57,7 @@ for pack_dir in (PACK_LINK, TEST_PACK_LINK):
 
 test_pack = sys.modules[str(TEST_PACK_LINK).replace(".", "_x_")]
 sys.modules["elite_test_pack"] = test_pack
-for _name in ("tiny_models", "pack_import", "workflows"):
+for _name in ("tiny_models", "pack_import", "workflows", "comfy_server"):
     sys.modules[f"elite_test_pack.{_name}"] = importlib.import_module(f"{test_pack.__name__}.{_name}")
 from elite_test_pack.pack_import import alias_loaded_pack  # noqa: E402
 from elite_test_pack import tiny_models  # noqa: E402

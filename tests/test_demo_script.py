@@ -1,0 +1,56 @@
+"""`make demo`'s choice between real and random weights, and the prompt it builds."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    spec = importlib.util.spec_from_file_location("elite_demo_script", REPO / "scripts" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_models(root: Path, files: list[str]) -> Path:
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    return root
+
+
+def test_random_weights_when_anything_is_missing(demo, tmp_path):
+    models = make_models(tmp_path, ["checkpoints/v1-5.safetensors", "elite/global_mapper.pt"])
+    assert demo.find_weights(models) is None
+    prompt = demo.build_prompt(None, steps=None)
+    kinds = {node["class_type"] for node in prompt.values()}
+    assert "ELITETestTinySD15Loader" in kinds and "ELITELocalMapperLoader" in kinds
+    assert prompt["12"]["inputs"]["filename_prefix"] == "ELITE_RANDOM_WEIGHTS"
+
+
+def test_real_weights_global_and_local(demo, tmp_path):
+    models = make_models(tmp_path, [
+        "checkpoints/sd-v1-4.safetensors", "clip_vision/clip-vit-large-patch14.safetensors",
+        "elite/global_mapper.pt", "elite/local_mapper.pt", "elite/notes.txt",
+    ])
+    real = demo.find_weights(models)
+    assert real == {"checkpoints": "sd-v1-4.safetensors", "clip_vision": "clip-vit-large-patch14.safetensors",
+                    "global": "global_mapper.pt", "local": "local_mapper.pt"}
+    prompt = demo.build_prompt(real, steps=20)
+    assert prompt["1"]["inputs"]["ckpt_name"] == "sd-v1-4.safetensors"
+    assert prompt["13"]["inputs"]["mapper_name"] == "local_mapper.pt"
+    assert prompt["10"]["inputs"]["steps"] == 20
+    assert "ELITETestTinySD15Loader" not in {node["class_type"] for node in prompt.values()}
+
+
+def test_real_weights_without_local_mapper_use_the_global_workflow(demo, tmp_path):
+    models = make_models(tmp_path, [
+        "checkpoints/sd-v1-4.ckpt", "clip_vision/vit-l.safetensors", "elite/global_mapper.safetensors",
+    ])
+    prompt = demo.build_prompt(demo.find_weights(models), steps=None)
+    assert "ELITELocalMapperLoader" not in {node["class_type"] for node in prompt.values()}
+    assert prompt["3"]["inputs"]["mapper_name"] == "global_mapper.safetensors"
