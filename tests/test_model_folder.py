@@ -1,0 +1,63 @@
+"""models/elite registration, extra_model_paths.yaml, and what the loaders say about bad files."""
+
+import folder_paths
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from comfyui_elite.elite_core import comfy_adapter
+from comfyui_elite.elite_core.checkpoint import MapperFormatError
+from comfyui_elite.nodes.nodes_mapper_loader import ELITEGlobalMapperLoader, ELITELocalMapperLoader
+from conftest import ELITE_MODELS, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
+
+
+@pytest.fixture()
+def restore_elite_folder():
+    saved = folder_paths.folder_names_and_paths["elite"]
+    yield
+    folder_paths.folder_names_and_paths["elite"] = saved
+
+
+def test_default_folder_and_mapper_extensions_only(tmp_path):
+    assert str(ELITE_MODELS) in folder_paths.get_folder_paths("elite")
+    (ELITE_MODELS / "readme.txt").write_text("not a model")
+    try:
+        names = comfy_adapter.mapper_file_names()
+    finally:
+        (ELITE_MODELS / "readme.txt").unlink()
+    assert TINY_GLOBAL_MAPPER in names and TINY_LOCAL_MAPPER in names
+    assert "readme.txt" not in names
+
+
+def test_extra_model_paths_yaml_is_honoured(tmp_path, restore_elite_folder):
+    from utils.extra_config import load_extra_path_config
+
+    extra = tmp_path / "shared_models" / "elite_mappers"
+    extra.mkdir(parents=True)
+    (extra / "shared_global.safetensors").write_bytes((ELITE_MODELS / TINY_GLOBAL_MAPPER).read_bytes())
+    config = tmp_path / "extra_model_paths.yaml"
+    config.write_text(f"mine:\n  base_path: {tmp_path / 'shared_models'}\n  elite: elite_mappers\n")
+    load_extra_path_config(str(config))
+    comfy_adapter.register_model_folder()  # as at start-up: the YAML may be read before or after the pack
+    assert str(extra) in folder_paths.get_folder_paths("elite")
+    assert str(ELITE_MODELS) in folder_paths.get_folder_paths("elite")
+    (mapper,) = ELITEGlobalMapperLoader.execute("shared_global.safetensors").result
+    assert mapper.widths.input_dim == 64
+
+
+def test_loader_refuses_a_file_that_is_not_a_mapper():
+    bogus = ELITE_MODELS / "lora_by_mistake.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 4)}, str(bogus))
+    try:
+        with pytest.raises(MapperFormatError, match=r"'lora_by_mistake.safetensors': Not an ELITE mapper: found 1 tensors"):
+            ELITELocalMapperLoader.execute("lora_by_mistake.safetensors")
+    finally:
+        bogus.unlink()
+
+
+def test_local_loader_keeps_kv_in_a_managed_module():
+    (mapper,) = ELITELocalMapperLoader.execute(TINY_LOCAL_MAPPER).result
+    assert mapper.kv_patcher is not None
+    weights = mapper.kv_patcher.model.weights()
+    assert len(weights) == 16
+    assert not any(name.endswith("_to_k.weight") for name in mapper.module.state_dict())  # MLPs only
