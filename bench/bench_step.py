@@ -1,0 +1,157 @@
+"""Cost of ELITE on one CFG step of a real-size SD1.5 UNet (random weights) at 512x512, on the CPU.
+
+Three configurations, each on its own copy of the same UNet: unpatched, ELITE global only (the 32
+attn2 K/V weights replaced) and ELITE global + local (λ = 0.8). Runs alternate between them; the
+script prints the median and best time ratios to unpatched, measured in this one run. Peak memory is measured
+in a fresh process per configuration (peak resident set during the step; Linux only).
+
+    .cache/venv/bin/python bench/bench_step.py [--rounds 3] [--size 512]
+
+This is a benchmark, not a test: it asserts nothing about absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = ("unpatched", "global", "global+local")
+
+
+def setup_comfy():
+    sys.path.insert(0, os.environ.get("ELITE_COMFYUI_DIR", str(REPO / ".cache" / "comfyui")))
+    sys.path.insert(0, str(REPO / "tests"))
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import comfy.model_management  # noqa: F401
+
+
+def build_inputs(seed: int = 0):
+    """A real-size SD1.5 UNet, a random concept with official mapper widths, and CFG contexts."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    from comfy_test_pack.pack_import import elite_core_module
+    from comfy_test_pack.tiny_models import seeded_init_, tiny_sd15_unet_config
+
+    concept_mod, mappers, sites = (elite_core_module(m) for m in ("concept", "mappers", "sites"))
+    cpu = torch.device("cpu")
+    sd15 = comfy.supported_models.SD15({**tiny_sd15_unet_config(), "model_channels": 320})
+    sd15.set_inference_dtype(torch.float32, None)
+    base = sd15.get_model({}, "", device=cpu)
+    seeded_init_(base.diffusion_model, seed, std=0.02)
+    model = comfy.model_patcher.ModelPatcher(base, cpu, cpu)
+
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    def random_kv():
+        return {s.ckpt_prefix: (torch.randn(c, 768, generator=gen) * 0.02, torch.randn(c, 768, generator=gen) * 0.02)
+                for s, c in zip(sites.SD1_ATTN2_SITES, mappers.OFFICIAL_WIDTHS.kv_dims)}
+
+    site_kv = mappers.SiteKV(random_kv())
+    local = concept_mod.LocalBranch(tokens=torch.randn(1, 256, 768, generator=gen), kv=site_kv.weights,
+                                    models=(comfy.model_patcher.ModelPatcher(site_kv, cpu, cpu),))
+    concept = concept_mod.ELITEConcept(words=torch.randn(1, 5, 768, generator=gen), global_kv=random_kv(), local=local)
+    positive_ctx, negative_ctx = torch.randn(2, 1, 77, 768, generator=gen)
+    positive = [[positive_ctx, {elite_core_module("comfy_adapter").PLACEHOLDER_KEY: positive_ctx[:, 5].clone()}]]
+    return model, concept, positive, torch.cat([negative_ctx, positive_ctx])
+
+
+def configure(model, concept, positive, config: str):
+    from comfy_test_pack.pack_import import elite_core_module
+
+    adapter = elite_core_module("comfy_adapter")
+    if config == "global":
+        return adapter.apply_global_kv(model, concept)
+    if config == "global+local":
+        return adapter.apply_elite(model, concept, positive, 0.8)
+    return model
+
+
+def one_step(model, context, size: int) -> float:
+    latent = torch.randn(2, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(7))
+    options = copy.copy(model.model_options.get("transformer_options", {}))
+    options.update(cond_or_uncond=[1, 0], sigmas=torch.full((2,), 5.0))
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.model.diffusion_model(latent, timesteps=torch.full((2,), 500.0), context=context,
+                                    transformer_options=options)
+    return time.perf_counter() - start
+
+
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def memory_child(config: str, size: int) -> None:
+    setup_comfy()
+    model, concept, positive, context = build_inputs()
+    model = configure(model, concept, positive, config)
+    model.patch_model()
+    one_step(model, context, size)  # warm-up: lazy caches, allocator
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (VmHWM)
+    one_step(model, context, size)
+    print(json.dumps({"config": config, "peak_kb": _rss_kb("VmHWM")}))
+
+
+def measure_peak(config: str, size: int) -> int:
+    done = subprocess.run([sys.executable, __file__, "--memory-child", config, "--size", str(size)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_kb"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-child", choices=CONFIGS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.size)
+        return
+
+    setup_comfy()
+    import comfy.model_patcher
+
+    base, concept, positive, context = build_inputs()
+    models = {}
+    for config in CONFIGS:
+        # Each configuration holds its own copy of the same UNet, patched once, so the timed steps
+        # include no weight patching and no configuration disturbs another's memory.
+        own = comfy.model_patcher.ModelPatcher(copy.deepcopy(base.model), base.load_device, base.offload_device)
+        models[config] = configure(own, concept, positive, config)
+        models[config].patch_model()
+        one_step(models[config], context, args.size)  # warm-up, and the lazy local K/V projections
+    times = {config: [] for config in CONFIGS}
+    for round_index in range(args.rounds):
+        order = CONFIGS[round_index % 3:] + CONFIGS[:round_index % 3]  # alternate who goes first
+        for config in order:
+            times[config].append(one_step(models[config], context, args.size))
+    median = {config: statistics.median(values) for config, values in times.items()}
+    best = {config: min(values) for config, values in times.items()}
+    print(f"one CFG step (batch 2), SD1.5 layout, {args.size}x{args.size}, CPU, {args.rounds} alternating rounds")
+    for config in CONFIGS:
+        print(f"  {config:<13} time ratio: median {median[config] / median['unpatched']:.3f}x, "
+              f"best {best[config] / best['unpatched']:.3f}x")
+    if not args.skip_memory:
+        peaks = {config: measure_peak(config, args.size) for config in CONFIGS}
+        for config in CONFIGS:
+            print(f"  {config:<13} peak RSS ratio {peaks[config] / peaks['unpatched']:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
