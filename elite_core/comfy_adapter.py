@@ -153,10 +153,9 @@ def clip_vision_features(clip_vision, image: torch.Tensor, mapper_width: int) ->
     pixels = squash_to_clip_input(image)
     model_management.load_models_gpu([clip_vision.patcher])
     with torch.no_grad():
-        _, all_hidden, _, _ = clip_vision.model(
-            pixel_values=pixels.to(clip_vision.load_device), intermediate_output="all"
-        )
-    return [layer.float() for layer in select_elite_layers(all_hidden)]
+        # (last, intermediate, projected, ...): index 1 holds all block outputs (B, 24, 257, width).
+        outputs = clip_vision.model(pixel_values=pixels.to(clip_vision.load_device), intermediate_output="all")
+    return [layer.float() for layer in select_elite_layers(outputs[1])]
 
 
 def _check_mask_coverage(mask: torch.Tensor) -> None:

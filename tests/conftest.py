@@ -81,6 +81,28 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(BASE_DIR, ignore_errors=True)
 
 
+_PARITY: list[tuple[str, float]] = []
+
+
+@pytest.fixture()
+def record_parity(request):
+    """``record_parity(ours, expected)``: note max |ours - expected| for the run's parity report."""
+
+    def record(ours: torch.Tensor, expected: torch.Tensor, what: str = "") -> float:
+        delta = (ours.float() - expected.float()).abs().max().item()
+        _PARITY.append((f"{request.node.name}{' ' + what if what else ''}", delta))
+        return delta
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _PARITY:
+        terminalreporter.section("ELITE parity: max |Δ| against the independent re-statements (fp32)")
+        for name, delta in _PARITY:
+            terminalreporter.write_line(f"{delta:9.2e}  {name}")
+
+
 @pytest.fixture(scope="session")
 def base_dir() -> Path:
     return BASE_DIR

@@ -46,24 +46,27 @@ def plain(clip, text):
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))[0][0]
 
 
-def test_primary_word_matches_reference_and_changes_only_later_positions(tiny_clip, concept, hf_tokenizer):
+def test_primary_word_matches_reference_and_changes_only_later_positions(tiny_clip, concept, hf_tokenizer,
+                                                                        record_parity):
     text = "a photo of S on the beach"
     ids = hf_tokenizer(text, padding="max_length", max_length=77).input_ids
     k = ids.index(338)
     assert k == 4  # BOS a photo of S
     cond = encode(tiny_clip, concept, text)
     expected = reference_encode(tiny_clip, ids, concept.words[0, :1], k)
+    record_parity(cond, expected, "(conditioning, w0)")
     torch.testing.assert_close(cond, expected, atol=1e-5, rtol=0)
     base = plain(tiny_clip, text)
     assert torch.equal(cond[:, :k], base[:, :k])
     assert ((cond[0, k:] - base[0, k:]).abs().amax(dim=-1) > 1e-4).all()
 
 
-def test_all_five_words_shift_like_the_reference(tiny_clip, concept, hf_tokenizer):
+def test_all_five_words_shift_like_the_reference(tiny_clip, concept, hf_tokenizer, record_parity):
     text = "a S wearing sunglasses"
     ids = hf_tokenizer(text, padding="max_length", max_length=77).input_ids
     cond = encode(tiny_clip, concept, text, words="all five words")
     expected = reference_encode(tiny_clip, ids, concept.words[0], ids.index(338))
+    record_parity(cond, expected, "(conditioning, five words)")
     torch.testing.assert_close(cond, expected, atol=1e-5, rtol=0)
 
 

@@ -50,16 +50,17 @@ def diffusers_eps(unet, x, context):
         return unet(x, torch.full((x.shape[0],), 500.0), encoder_hidden_states=context).sample
 
 
-def test_plain_unets_agree(twins, elite):
+def test_plain_unets_agree(twins, elite, record_parity):
     unet, comfy_model = twins
     _, positive, negative, _, _ = elite
     x, context = cfg_batch(positive[0][0], negative, [1, 0], 1)
-    torch.testing.assert_close(diffusers_eps(unet, x, context), unet_eps(comfy_model, x, context, [1, 0]),
-                               atol=1e-5, rtol=0)
+    ours, theirs = diffusers_eps(unet, x, context), unet_eps(comfy_model, x, context, [1, 0])
+    record_parity(ours, theirs, "(diffusers vs ComfyUI ε, unpatched)")
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("cond_or_uncond", [[1, 0], [0, 1], [0]])
-def test_elite_agrees_through_both_integrations(twins, elite, cond_or_uncond):
+def test_elite_agrees_through_both_integrations(twins, elite, cond_or_uncond, record_parity):
     unet, comfy_model = twins
     concept, positive, negative, index, local_kv = elite
     x, context = cfg_batch(positive[0][0], negative, cond_or_uncond, 2)
@@ -71,6 +72,7 @@ def test_elite_agrees_through_both_integrations(twins, elite, cond_or_uncond):
     rows = torch.tensor([index if kind == 0 else -1 for kind in cond_or_uncond for _ in range(2)])
     with handle.inputs(concept.local_tokens(), rows, scale=0.8):
         twin_eps = diffusers_eps(twin, x, context)
+    record_parity(twin_eps, comfy_eps, "(diffusers twin vs ComfyUI ε)")
     torch.testing.assert_close(twin_eps, comfy_eps, atol=1e-5, rtol=0)
     assert (twin_eps - diffusers_eps(twin, x, context)).abs().max() > 1e-4  # outside inputs(): global only
 

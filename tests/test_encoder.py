@@ -83,7 +83,8 @@ def test_features_are_the_outputs_of_blocks_24_4_8_12_16(tiny_clip_vision, conce
         torch.testing.assert_close(feature, blocks[block].float(), atol=0, rtol=0)
 
 
-def test_encoder_words_equal_the_mapper_formula(tiny_clip_vision, global_mapper, global_mapper_state, concept_image):
+def test_encoder_words_equal_the_mapper_formula(tiny_clip_vision, global_mapper, global_mapper_state, concept_image,
+                                                record_parity):
     (concept,) = ELITEEncoder.execute(tiny_clip_vision, global_mapper, concept_image).result
     blocks = hooked_block_outputs(tiny_clip_vision, squash_to_clip_input(concept_image))
     assert concept.words.shape == (1, 5, 768) and concept.words.dtype == torch.float32
@@ -92,6 +93,7 @@ def test_encoder_words_equal_the_mapper_formula(tiny_clip_vision, global_mapper,
         expected = reference_mlp(global_mapper_state, f"mapping_{i}", f[:, 0]) + torch.stack(
             [reference_mlp(global_mapper_state, f"mapping_patch_{i}", f[:, p]) for p in range(1, 257)]
         ).mean(0)
+        record_parity(concept.words[:, i], expected, f"(word {i})")
         torch.testing.assert_close(concept.words[:, i], expected, atol=1e-5, rtol=0)
     wk = global_mapper_state["up_blocks_3_attentions_2_transformer_blocks_0_attn2_to_k.weight"]
     assert torch.equal(concept.global_kv["up_blocks_3_attentions_2_transformer_blocks_0_attn2"][0], wk)

@@ -38,11 +38,12 @@ def object_mask():
 
 
 def test_local_tokens_match_reference(tiny_clip_vision, global_mapper, local_mapper, local_mapper_state,
-                                      concept_image, object_mask):
+                                      concept_image, object_mask, record_parity):
     (concept,) = ELITEEncoder.execute(tiny_clip_vision, global_mapper, concept_image, local_mapper,
                                       object_mask, False).result
     expected = reference_local_tokens(tiny_clip_vision, local_mapper_state, concept_image, object_mask[0])
     assert concept.local.tokens.shape == (1, 256, 768)
+    record_parity(concept.local.tokens, expected, "(local tokens)")
     torch.testing.assert_close(concept.local.tokens, expected, atol=1e-5, rtol=0)
     background = reference_patch_mask(object_mask[0])[:, 0] == 0
     assert background.any() and torch.count_nonzero(concept.local.tokens[0, background]) == 0
