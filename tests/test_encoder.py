@@ -108,6 +108,20 @@ def test_several_images_give_one_word_set_per_image(tiny_clip_vision, global_map
     torch.testing.assert_close(concept.prompt_words(all_words=False), concept.words.mean(0)[:1])
 
 
+def test_clip_vision_in_comfyui_default_half_storage(tiny_clip_vision, global_mapper, local_mapper, concept_image):
+    """A CLIP_VISION as ComfyUI loads it (fp16 weights, manual-cast layers) encodes like the fp32 one."""
+    from elite_test_pack.tiny_models import build_tiny_clip_vision
+
+    half = build_tiny_clip_vision(seed=3, stored_dtype=None)
+    assert next(half.model.parameters()).dtype == torch.float16
+    ours = comfy_adapter.encode_concept(half, global_mapper, concept_image, local_mapper)
+    full = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper)
+    assert ours.words.dtype == ours.local.tokens.dtype == torch.float32
+    for got, want in ((ours.words, full.words), (ours.local.tokens, full.local.tokens)):
+        assert torch.isfinite(got).all()
+        assert (got - want).abs().max() <= 0.02 * want.abs().max()
+
+
 class _FakeVision:
     """A CLIP_VISION stand-in with a configurable geometry (e.g. ViT-H/14: 32 layers, 1280 wide)."""
 

@@ -102,7 +102,9 @@ def tiny_clip_vision_config() -> dict:
     }
 
 
-def build_tiny_clip_vision(seed: int = 3):
+def build_tiny_clip_vision(seed: int = 3, stored_dtype: torch.dtype | None = torch.float32):
+    """Weights stored in fp32 by default so tests can compare exactly; ``stored_dtype=None`` keeps
+    ComfyUI's own choice (fp16, computed through manual-cast layers, as for a real CLIP_VISION)."""
     import comfy.clip_vision
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,9 +112,10 @@ def build_tiny_clip_vision(seed: int = 3):
         with open(path, "w") as f:
             json.dump(tiny_clip_vision_config(), f)
         clip_vision = comfy.clip_vision.ClipVisionModel(path)
-    # Stored in fp32 so tests can compare exactly; ComfyUI's own default would be fp16.
+    default_dtype = next(clip_vision.model.parameters()).dtype
     clip_vision.model.to(torch.float32)
     seeded_init_(clip_vision.model, seed, std=0.1)
+    clip_vision.model.to(stored_dtype or default_dtype)
     return clip_vision
 
 
