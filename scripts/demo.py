@@ -34,7 +34,7 @@ WEIGHT_EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 RANDOM_BANNER = """
 ##########################################################################
 #  ELITE DEMO ON RANDOM WEIGHTS                                          #
-#  No real SD1.x / CLIP ViT-L/14 / ELITE mapper files were found, so    #
+#  No real SD1.x / CLIP ViT-L/14 / ELITE mapper files were found, so     #
 #  this demo runs tiny randomly initialised models in the real layouts.  #
 #  The image is NOISE: it shows the workflow runs, not what ELITE makes. #
 #  Put real files under {models:<48}#
