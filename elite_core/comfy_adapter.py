@@ -158,14 +158,22 @@ def clip_vision_features(clip_vision, image: torch.Tensor, mapper_width: int) ->
     return [layer.float() for layer in select_elite_layers(outputs[1])]
 
 
-def _check_mask_coverage(mask: torch.Tensor) -> None:
+def _check_mask_coverage(mask: torch.Tensor, inverted: bool) -> None:
+    """Log a hint when the object mask is (almost) full or empty: usually a polarity mistake."""
     coverage = mask.mean().item()
-    if coverage > 0.97 or coverage < 0.005:
-        log.warning(
-            "ELITE: the object mask covers %.1f%% of the image. The mask must be 1 on the object; "
-            "a MASK from Load Image is 1 on transparent pixels, so turn on invert_mask for it.",
-            100 * coverage,
-        )
+    if 0.005 <= coverage <= 0.97:
+        return
+    if coverage > 0.97:
+        effect = "so the local mapping sees the background too"
+        hint = ("Load Image gives an empty MASK for an image without transparency: use a cut-out PNG "
+                "or paint the object in the mask editor" if inverted else
+                "a MASK from Load Image is 1 on transparent pixels, so turn on invert_mask for it")
+    else:
+        effect = "so the local mapping has next to no effect"
+        hint = ("invert_mask is on: turn it off if your mask is already 1 on the object" if inverted else
+                "a MASK from Load Image is 1 on transparent pixels, so turn on invert_mask for it")
+    log.warning("ELITE: the object mask covers %.1f%% of the image, %s. The mask must be 1 on the object; %s.",
+                100 * coverage, effect, hint)
 
 
 def encode_local_tokens(clip_vision, local_mapper: LoadedMapper, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -193,7 +201,7 @@ def encode_concept(clip_vision, global_mapper: LoadedMapper, image: torch.Tensor
     except ValueError as exc:
         raise ELITEInputError(str(exc)) from None
     if mask is not None:
-        _check_mask_coverage(object_mask)
+        _check_mask_coverage(object_mask, invert_mask)
     tokens = encode_local_tokens(clip_vision, local_mapper, image, object_mask)
     local = LocalBranch(tokens=tokens, kv=local_mapper.kv_patcher.model.weights, models=(local_mapper.kv_patcher,))
     return ELITEConcept(words=words, global_kv=global_mapper.kv, local=local)

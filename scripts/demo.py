@@ -20,6 +20,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from comfy_test_pack.comfy_server import run_prompt, running_server  # noqa: E402
@@ -103,10 +105,10 @@ def build_prompt(real: dict | None, steps: int | None) -> dict:
     return prompt
 
 
-def run_demo(comfy: Path, base: Path, prompt: dict, real: bool) -> Path:
+def run_demo(comfy: Path, base: Path, prompt: dict, real: bool, cpu: bool) -> Path:
     extra = ["--extra-model-paths-config", str(base / "extra_model_paths.yaml")] if real else []
     server_log = base / "comfyui.log"
-    with running_server(comfy, base, server_log, extra) as url:
+    with running_server(comfy, base, server_log, extra, cpu=cpu) as url:
         log.info("ComfyUI is up at %s (log: %s); queueing the ELITE workflow", url, server_log)
         entry = run_prompt(url, prompt)
     (image,) = entry["outputs"]["12"]["images"]
@@ -119,6 +121,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=os.environ.get("ELITE_DEMO_MODELS", str(REPO / "demo_models")))
     parser.add_argument("--image", help="concept image (object centred); default: a generated red ball")
     parser.add_argument("--steps", type=int, help="sampling steps with real weights (workflow: 50)")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[demo] %(message)s")
 
@@ -127,12 +130,14 @@ def main(argv=None) -> int:
     base = REPO / ".cache" / "demo"
     base.mkdir(parents=True, exist_ok=True)
     prepare_base(base, models, real, Path(args.image) if args.image else None)
+    # The tiny random models always run on the CPU; real weights use the GPU when there is one.
+    cpu = args.cpu or not real or not torch.cuda.is_available()
     if real:
-        log.info("using REAL weights from %s: %s", models, real)
+        log.info("using REAL weights from %s: %s (on the %s)", models, real, "CPU" if cpu else "GPU")
     else:
         log.warning(RANDOM_BANNER.format(models=str(models) + "/"))
     try:
-        image = run_demo(Path(args.comfyui), base, build_prompt(real, args.steps), bool(real))
+        image = run_demo(Path(args.comfyui), base, build_prompt(real, args.steps), bool(real), cpu)
     except RuntimeError as exc:
         log.error("%s", exc)
         return 1

@@ -88,9 +88,22 @@ def test_one_mask_serves_a_batch_and_mismatched_batches_are_refused(tiny_clip_vi
         comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, batch, local_mapper, object_mask.expand(3, -1, -1))
 
 
-def test_a_mask_covering_everything_hints_at_invert(tiny_clip_vision, global_mapper, local_mapper, concept_image, caplog):
-    comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, torch.ones(1, 96, 128))
-    assert "turn on invert_mask" in caplog.text
+@pytest.mark.parametrize("mask_value, invert, hint", [
+    (1.0, False, "turn on invert_mask"),
+    (0.0, False, "turn on invert_mask"),
+    (0.0, True, "use a cut-out PNG"),  # Load Image's MASK of an opaque image, inverted
+    (1.0, True, "turn it off if your mask is already 1 on the object"),
+])
+def test_a_full_or_empty_mask_gets_a_polarity_hint(tiny_clip_vision, global_mapper, local_mapper, concept_image,
+                                                   caplog, mask_value, invert, hint):
+    mask = torch.full((1, 96, 128), mask_value)
+    comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, mask, invert_mask=invert)
+    assert hint in caplog.text
+
+
+def test_a_plausible_mask_gets_no_hint(tiny_clip_vision, global_mapper, local_mapper, concept_image, object_mask, caplog):
+    comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, object_mask)
+    assert "object mask covers" not in caplog.text
 
 
 def test_mask_without_local_mapper_is_reported(tiny_clip_vision, global_mapper, concept_image, object_mask, caplog):

@@ -1,4 +1,4 @@
-"""A real ComfyUI server (`main.py --cpu`) on 127.0.0.1 for tests and the demo, driven over HTTP."""
+"""A real ComfyUI server (`main.py`, on the CPU unless told otherwise) on 127.0.0.1, driven over HTTP."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(comfy_dir: Path, base_dir: Path, log_path: Path, extra_args=(), timeout: float = 300):
+def running_server(comfy_dir: Path, base_dir: Path, log_path: Path, extra_args=(), timeout: float = 300,
+                   cpu: bool = True):
     """Start ComfyUI on a free port, wait until the ELITE nodes answer, yield its URL, stop it."""
     port = free_port()
-    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(port),
            "--base-directory", str(base_dir), "--disable-auto-launch", "--dont-print-server",
            "--database-url", "sqlite:///:memory:", *extra_args]
     with open(log_path, "w") as log:
