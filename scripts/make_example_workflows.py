@@ -30,29 +30,38 @@ OUTPUTS = {
 }
 
 
+# Rendered body size of each node type (the title bar sits above ``pos``), so nodes do not overlap.
+SIZES = {
+    "CheckpointLoaderSimple": [360, 100], "CLIPVisionLoader": [360, 60], "ELITEGlobalMapperLoader": [360, 60],
+    "ELITELocalMapperLoader": [360, 60], "LoadImage": [360, 340], "ELITEEncoder": [360, 140],
+    "ELITEConditioning": [400, 200], "CLIPTextEncode": [400, 150], "ELITELocalAttnPatch": [360, 180],
+    "EmptyLatentImage": [320, 110], "KSampler": [320, 270], "VAEDecode": [200, 50], "SaveImage": [400, 420],
+}
+
+
 def common_nodes(strength: float) -> list[dict]:
     """The graph shared by both examples; the local one adds its loader and mask below."""
     return [
         dict(id=1, type="CheckpointLoaderSimple", pos=[40, 60], widgets=["v1-5-pruned-emaonly.safetensors"]),
-        dict(id=2, type="CLIPVisionLoader", pos=[40, 260], title="Load CLIP Vision (ViT-L/14)",
+        dict(id=2, type="CLIPVisionLoader", pos=[40, 220], title="Load CLIP Vision (ViT-L/14)",
              widgets=["clip-vit-large-patch14.safetensors"]),
-        dict(id=3, type="ELITEGlobalMapperLoader", pos=[40, 380], widgets=["global_mapper.pt"]),
-        dict(id=4, type="LoadImage", pos=[40, 620], title="Concept image (object centred, transparent background)",
+        dict(id=3, type="ELITEGlobalMapperLoader", pos=[40, 340], widgets=["global_mapper.pt"]),
+        dict(id=4, type="LoadImage", pos=[40, 580], title="Concept image (object centred, transparent background)",
              widgets=["elite_concept.png", "image"]),
-        dict(id=5, type="ELITEEncoder", pos=[440, 380],
+        dict(id=5, type="ELITEEncoder", pos=[460, 340],
              inputs=[("clip_vision", 2, 0), ("global_mapper", 3, 0), ("image", 4, 0)], widgets=[True]),
-        dict(id=6, type="ELITEConditioning", pos=[840, 160], inputs=[("clip", 1, 1), ("concept", 5, 0)],
+        dict(id=6, type="ELITEConditioning", pos=[880, 60], inputs=[("clip", 1, 1), ("concept", 5, 0)],
              widgets=["a photo of S on the beach", "S", "primary word"]),
-        dict(id=7, type="CLIPTextEncode", pos=[840, 440], title="Negative prompt (empty, as in the reference)",
+        dict(id=7, type="CLIPTextEncode", pos=[880, 320], title="Negative prompt (empty, as in the reference)",
              inputs=[("clip", 1, 1)], widgets=[""]),
-        dict(id=8, type="ELITELocalAttnPatch", pos=[1240, 20],
+        dict(id=8, type="ELITELocalAttnPatch", pos=[1340, 60],
              inputs=[("model", 1, 0), ("concept", 5, 0), ("positive", 6, 0)], widgets=[strength, 0.0, 1.0, True]),
-        dict(id=9, type="EmptyLatentImage", pos=[840, 640], widgets=[512, 512, 1]),
-        dict(id=10, type="KSampler", pos=[1640, 160],
+        dict(id=9, type="EmptyLatentImage", pos=[880, 530], widgets=[512, 512, 1]),
+        dict(id=10, type="KSampler", pos=[1760, 60],
              inputs=[("model", 8, 0), ("positive", 6, 0), ("negative", 7, 0), ("latent_image", 9, 0)],
              widgets=[42, "fixed", 50, 5.0, "lms", "normal", 1.0]),
-        dict(id=11, type="VAEDecode", pos=[2000, 160], inputs=[("samples", 10, 0), ("vae", 1, 2)]),
-        dict(id=12, type="SaveImage", pos=[2240, 160], inputs=[("images", 11, 0)], widgets=["ELITE"]),
+        dict(id=11, type="VAEDecode", pos=[2140, 60], inputs=[("samples", 10, 0), ("vae", 1, 2)]),
+        dict(id=12, type="SaveImage", pos=[2400, 60], inputs=[("images", 11, 0)], widgets=["ELITE"]),
     ]
 
 
@@ -64,7 +73,7 @@ def global_workflow() -> list[dict]:
 
 def local_workflow() -> list[dict]:
     nodes = common_nodes(strength=0.6)
-    nodes.append(dict(id=13, type="ELITELocalMapperLoader", pos=[40, 500], widgets=["local_mapper.pt"]))
+    nodes.append(dict(id=13, type="ELITELocalMapperLoader", pos=[40, 460], widgets=["local_mapper.pt"]))
     encoder = nodes[4]
     encoder["inputs"] = encoder["inputs"] + [("local_mapper", 13, 0), ("mask", 4, 1)]
     return nodes
@@ -86,7 +95,7 @@ def to_ui(nodes: list[dict]) -> dict:
     ui_nodes = []
     for order, node in enumerate(nodes):
         ui = {
-            "id": node["id"], "type": node["type"], "pos": node["pos"], "size": [360, 120], "flags": {},
+            "id": node["id"], "type": node["type"], "pos": node["pos"], "size": SIZES[node["type"]], "flags": {},
             "order": order, "mode": 0,
             "inputs": [
                 {"name": name, "type": socket_type(from_id, from_slot), "link": link_of_input[(node["id"], slot)]}
@@ -104,7 +113,7 @@ def to_ui(nodes: list[dict]) -> dict:
         ui_nodes.append(ui)
     return {
         "last_node_id": max(n["id"] for n in nodes), "last_link_id": len(links), "nodes": ui_nodes,
-        "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [0, 0]}},
+        "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.6, "offset": [40, 40]}},
         "version": 0.4,
     }
 
