@@ -48,4 +48,27 @@ if [ ! -f "$VENV/.elite-stamp-$STAMP_VERSION" ]; then
       torch==2.14.1 torchvision==0.29.1
   touch "$VENV/.elite-stamp-$STAMP_VERSION"
 fi
+# The frontend check (tests/test_http_server.py) loads the example workflows into ComfyUI's real
+# frontend: Debian's chromium plus playwright-core from npm. Optional outside CI: without them the
+# check is skipped locally (CI fails instead).
+FRONTEND=$CACHE/frontend-check
+PLAYWRIGHT=1.65.1
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing Debian's chromium (frontend check)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+      || log "chromium could not be installed: the frontend check will not run"
+  else
+    log "no chromium (install Debian's chromium package): the frontend check will not run"
+  fi
+fi
+if command -v npm >/dev/null && [ ! -f "$FRONTEND/.elite-stamp-$PLAYWRIGHT" ]; then
+  log "installing playwright-core $PLAYWRIGHT (frontend check)"
+  rm -rf "$FRONTEND" && mkdir -p "$FRONTEND"
+  if npm install --prefix "$FRONTEND" --no-audit --no-fund --silent "playwright-core@$PLAYWRIGHT"; then
+    touch "$FRONTEND/.elite-stamp-$PLAYWRIGHT"
+  else
+    log "playwright-core could not be installed: the frontend check will not run"
+  fi
+fi
 log "ready: venv=$VENV comfyui=$COMFY"

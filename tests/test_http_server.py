@@ -1,6 +1,9 @@
 """The pack inside a real ComfyUI server (`main.py --cpu`) on 127.0.0.1, driven over HTTP."""
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,10 @@ from conftest import BASE_DIR, COMFY_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
 from elite_test_pack.comfy_server import run_prompt, running_server
 from elite_test_pack.workflows import with_tiny_models
 
-API_TWIN = Path(__file__).resolve().parent / "api_workflows" / "elite_global_local.json"
+TESTS = Path(__file__).resolve().parent
+API_TWIN = TESTS / "api_workflows" / "elite_global_local.json"
+EXAMPLES = ["elite_global", "elite_global_local"]
+FRONTEND_MODULES = TESTS.parent / ".cache" / "frontend-check" / "node_modules"
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +59,26 @@ def test_a_failing_workflow_reports_the_elite_message(server):
     prompt["6"]["inputs"]["placeholder"] = "zebra crossing"
     with pytest.raises(RuntimeError, match="must be a single word without spaces"):
         run_prompt(url, prompt, timeout=300)
+
+
+def test_examples_load_in_the_real_frontend_and_convert_to_their_twins(server):
+    """ComfyUI's own frontend (headless Chromium) loads each shipped UI workflow without an error and
+    turns it into exactly the API-format twin the other tests execute."""
+    chromium, node = shutil.which("chromium"), shutil.which("node")
+    if not (chromium and node and (FRONTEND_MODULES / "playwright-core").is_dir()):
+        reason = "the frontend check needs Debian's chromium, node and playwright-core (make test installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    url, _ = server
+    files = [str(TESTS.parent / "example_workflows" / f"{name}.json") for name in EXAMPLES]
+    done = subprocess.run([node, str(TESTS / "frontend" / "load_workflows.js"), url, chromium, *files],
+                          env={**os.environ, "NODE_PATH": str(FRONTEND_MODULES)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout)
+    for name in EXAMPLES:
+        assert report[name]["errors"] == [], name
+        built = {key: {"class_type": node["class_type"], "inputs": node["inputs"]}
+                 for key, node in report[name]["output"].items()}
+        assert built == json.loads((TESTS / "api_workflows" / f"{name}.json").read_text()), name

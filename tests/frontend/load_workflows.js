@@ -1,0 +1,43 @@
+// Load UI-format workflows into the real ComfyUI frontend (headless Chromium) and report, per file,
+// the API-format prompt the frontend itself builds from it and any browser error raised meanwhile.
+// Usage: node load_workflows.js <server url> <chromium path> <workflow.json>...   (JSON report on stdout)
+const fs = require('fs');
+const path = require('path');
+const { chromium } = require('playwright-core');
+
+async function main() {
+  const [url, executablePath, ...files] = process.argv.slice(2);
+  const browser = await chromium.launch({
+    executablePath,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+           '--disable-component-update', '--disable-sync'],
+  });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+    let errors = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    page.on('console', (m) => {
+      // A resource that failed to load is reported by the 'response' handler when it is the server's;
+      // fetches of outside hosts (web fonts, news) fail here by design: this machine is offline.
+      if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) errors.push(m.text());
+    });
+    page.on('response', (r) => { if (r.status() >= 400 && r.url().startsWith(url)) errors.push(`HTTP ${r.status()} ${r.url()}`); });
+    await page.goto(url);
+    await page.waitForFunction(() => window.app && window.app.graph, null, { timeout: 120000 });
+    await page.waitForTimeout(2000);
+    const report = {};
+    for (const file of files) {
+      errors = [];  // start-up noise (a fresh user folder, unreachable web fonts) is not the workflow's
+      const workflow = JSON.parse(fs.readFileSync(file, 'utf8'));
+      await page.evaluate(async (w) => { await window.app.loadGraphData(w); }, workflow);
+      await page.waitForTimeout(1000);
+      const output = await page.evaluate(async () => (await window.app.graphToPrompt()).output);
+      report[path.basename(file, '.json')] = { output, errors };
+    }
+    process.stdout.write(JSON.stringify(report));
+  } finally {
+    await browser.close();
+  }
+}
+
+main().catch((e) => { console.error(e); process.exit(1); });
