@@ -1,0 +1,47 @@
+"""What ComfyUI, ComfyUI-Manager and the Comfy Registry read from the pack."""
+
+import re
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+NEVER_IN_REQUIREMENTS = {"torch", "torchvision", "torchaudio", "numpy", "transformers", "safetensors"}
+
+
+def test_comfyui_reads_the_registry_metadata():
+    from comfy_config.config_parser import extract_node_configuration
+
+    config = extract_node_configuration(str(REPO))
+    name = config.project.name  # the Registry's node id: no leading digit, no consecutive specials
+    assert len(name) < 100 and re.fullmatch(r"[A-Za-z](?:[A-Za-z0-9]|[-_.](?=[A-Za-z0-9]))*", name)
+    assert "comfyui" not in name.lower()  # the Registry's naming guidance
+    assert re.fullmatch(r"\d+\.\d+\.\d+", config.project.version)
+    assert config.project.supported_comfyui_version == ">=0.3.75"
+    assert config.project.urls.repository.startswith("https://")
+    assert (REPO / config.project.license.file).is_file()
+    assert config.tool_comfy.publisher_id and config.tool_comfy.display_name
+
+
+def test_icon_is_shipped_where_its_url_points():
+    from comfy_config.config_parser import extract_node_configuration
+
+    icon_url = extract_node_configuration(str(REPO)).tool_comfy.icon
+    match = re.fullmatch(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/(.+\.png)", icon_url)
+    assert match, icon_url
+    with Image.open(REPO / match.group(1)) as icon:
+        assert icon.width <= 800 and icon.height <= 400
+
+
+def test_requirements_install_nothing_comfyui_already_has():
+    lines = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
+    names = {re.split(r"[<>=\[ ;]", line)[0].lower() for line in lines if line}
+    assert not names & NEVER_IN_REQUIREMENTS
+    assert not (REPO / "install.py").exists()
+
+
+def test_the_pack_is_a_v3_extension_only():
+    pack = next(m for name, m in sys.modules.items() if name == "comfyui_elite")
+    assert callable(pack.comfy_entrypoint)
+    assert not hasattr(pack, "NODE_CLASS_MAPPINGS")  # ComfyUI would take the V1 path first
