@@ -1,9 +1,12 @@
 """Cost of ELITE on one CFG step of a real-size SD1.5 UNet (random weights) at 512x512, on the CPU.
 
-Three configurations, each on its own copy of the same UNet: unpatched, ELITE global only (the 32
-attn2 K/V weights replaced) and ELITE global + local (λ = 0.8). Runs alternate between them; the
-script prints the median and best time ratios to unpatched, measured in this one run. Peak memory is measured
-in a fresh process per configuration (peak resident set during the step; Linux only).
+Three configurations of one and the same UNet: unpatched, ELITE global only (the 32 attn2 K/V
+weights replaced) and ELITE global + local (λ = 0.8). Each timed step runs on the same weights in
+memory (the configuration is patched in before and unpatched after it, outside the timing), and the
+configurations take turns, so the ratios show ELITE's cost and not where each copy happens to
+live. The script prints the median and best time ratios to unpatched, measured in this one run.
+Peak memory is measured in a fresh process per configuration (peak resident set during the step;
+Linux only).
 
     .cache/venv/bin/python bench/bench_step.py [--rounds 3] [--size 512]
 
@@ -79,14 +82,58 @@ def configure(model, concept, positive, config: str):
 
 
 def one_step(model, context, size: int) -> float:
+    """Seconds for one CFG step (uncond + cond rows) of ``model``, its patches applied around it."""
     latent = torch.randn(2, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(7))
     options = copy.copy(model.model_options.get("transformer_options", {}))
     options.update(cond_or_uncond=[1, 0], sigmas=torch.full((2,), 5.0))
+    model.patch_model()
+    try:
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.model.diffusion_model(latent, timesteps=torch.full((2,), 500.0), context=context,
+                                        transformer_options=options)
+        return time.perf_counter() - start
+    finally:
+        model.unpatch_model()
+
+
+def _seconds_per_call(fn, reps: int) -> float:
+    fn()  # warm-up
     start = time.perf_counter()
-    with torch.no_grad():
-        model.model.diffusion_model(latent, timesteps=torch.full((2,), 500.0), context=context,
-                                    transformer_options=options)
-    return time.perf_counter() - start
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - start) / reps
+
+
+def attn2_seconds(model, context, size: int, reps: int = 5) -> tuple[float, float]:
+    """Seconds per CFG step in the 16 cross-attentions at their real shapes: ComfyUI's attention
+    alone, and ELITE's probe + replace (text attention plus the local branch on the cond rows).
+
+    Many repetitions of these small calls time ELITE's extra work far more steadily than whole steps.
+    """
+    from comfy.ldm.modules.attention import optimized_attention
+    from comfy_test_pack.pack_import import elite_core_module
+
+    options = model.model_options["transformer_options"]
+    (probe,) = options["patches"]["attn2_patch"]
+    gen = torch.Generator().manual_seed(3)
+    plain = elite = 0.0
+    for site in elite_core_module("sites").SD1_ATTN2_SITES:
+        side = size // 8 // site.base_channels_mult // (2 if site.block[0] == "middle" else 1)
+        channels = 320 * site.base_channels_mult
+        q = torch.randn(2, side * side, channels, generator=gen)
+        k, v = torch.randn(2, 2, 77, channels, generator=gen)
+        extra = {"n_heads": 8, "dim_head": channels // 8, "cond_or_uncond": [1, 0], "block": site.block,
+                 "sigmas": torch.full((2,), 5.0)}
+        replace = options["patches_replace"]["attn2"][(*site.block, 0)]
+
+        def with_elite():
+            probe(q, context, context, extra)  # leaves the placeholder selection in extra
+            return replace(q, k, v, extra)
+
+        plain += _seconds_per_call(lambda: optimized_attention(q, k, v, 8), reps)
+        elite += _seconds_per_call(with_elite, reps)
+    return plain, elite
 
 
 def _rss_kb(field: str) -> int:
@@ -100,7 +147,6 @@ def memory_child(config: str, size: int) -> None:
     setup_comfy()
     model, concept, positive, context = build_inputs()
     model = configure(model, concept, positive, config)
-    model.patch_model()
     one_step(model, context, size)  # warm-up: lazy caches, allocator
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (VmHWM)
     one_step(model, context, size)
@@ -125,16 +171,9 @@ def main() -> None:
         return
 
     setup_comfy()
-    import comfy.model_patcher
-
     base, concept, positive, context = build_inputs()
-    models = {}
+    models = {config: configure(base, concept, positive, config) for config in CONFIGS}  # clones of one UNet
     for config in CONFIGS:
-        # Each configuration holds its own copy of the same UNet, patched once, so the timed steps
-        # include no weight patching and no configuration disturbs another's memory.
-        own = comfy.model_patcher.ModelPatcher(copy.deepcopy(base.model), base.load_device, base.offload_device)
-        models[config] = configure(own, concept, positive, config)
-        models[config].patch_model()
         one_step(models[config], context, args.size)  # warm-up, and the lazy local K/V projections
     times = {config: [] for config in CONFIGS}
     for round_index in range(args.rounds):
@@ -147,6 +186,10 @@ def main() -> None:
     for config in CONFIGS:
         print(f"  {config:<13} time ratio: median {median[config] / median['unpatched']:.3f}x, "
               f"best {best[config] / best['unpatched']:.3f}x")
+    plain, elite = attn2_seconds(models["global+local"], context, args.size)
+    print(f"  16 attn2 attentions per step: ELITE's probe + replace take {elite / plain:.2f}x ComfyUI's "
+          f"attention alone; the extra is {(elite - plain) / median['unpatched']:.2%} of an unpatched step "
+          f"(so global+local ~ {1 + (elite - plain) / median['unpatched']:.3f}x)")
     if not args.skip_memory:
         peaks = {config: measure_peak(config, args.size) for config in CONFIGS}
         for config in CONFIGS:
