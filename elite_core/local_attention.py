@@ -51,8 +51,7 @@ def placeholder_gate(q: torch.Tensor, k: torch.Tensor, selection: torch.Tensor, 
     qh = split_heads(q, heads)
     scale = qh.shape[-1] ** -0.5
     logits = torch.matmul(qh, split_heads(k, heads).transpose(-1, -2)).float().mul_(scale)  # (b, h, n, T)
-    k_placeholder = torch.einsum("bt,btc->bc", selection, k).unsqueeze(1)  # (b, 1, h * d)
-    chosen = torch.matmul(qh, split_heads(k_placeholder, heads).transpose(-1, -2)).squeeze(-1).float() * scale
+    chosen = torch.einsum("bhnt,bt->bhn", logits, selection.float())
     present = selection.amax(dim=-1).float().view(-1, 1, 1)
     gate = torch.exp(chosen - torch.logsumexp(logits, dim=-1)) * present
     peak = gate.amax(dim=(1, 2), keepdim=True)
