@@ -163,15 +163,15 @@ def _check_mask_coverage(mask: torch.Tensor, inverted: bool) -> None:
     coverage = mask.mean().item()
     if 0.005 <= coverage <= 0.97:
         return
-    if coverage > 0.97:
-        effect = "so the local mapping sees the background too"
+    full = coverage > 0.97
+    effect = "so the local mapping sees the background too" if full else "so the local mapping has next to no effect"
+    if not inverted:
+        hint = "a MASK from Load Image is 1 on transparent pixels, so turn on invert_mask for it"
+    elif full:
         hint = ("Load Image gives an empty MASK for an image without transparency: use a cut-out PNG "
-                "or paint the object in the mask editor" if inverted else
-                "a MASK from Load Image is 1 on transparent pixels, so turn on invert_mask for it")
+                "or paint the object in the mask editor")
     else:
-        effect = "so the local mapping has next to no effect"
-        hint = ("invert_mask is on: turn it off if your mask is already 1 on the object" if inverted else
-                "a MASK from Load Image is 1 on transparent pixels, so turn on invert_mask for it")
+        hint = "invert_mask is on: turn it off if your mask is already 1 on the object"
     log.warning("ELITE: the object mask covers %.1f%% of the image, %s. The mask must be 1 on the object; %s.",
                 100 * coverage, effect, hint)
 
