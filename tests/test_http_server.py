@@ -12,10 +12,10 @@ import requests
 from conftest import BASE_DIR, COMFY_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
 from elite_test_pack.comfy_server import run_prompt, running_server
 from elite_test_pack.workflows import with_tiny_models
+from test_workflows import EXAMPLES
 
 TESTS = Path(__file__).resolve().parent
 API_TWIN = TESTS / "api_workflows" / "elite_global_local.json"
-EXAMPLES = ["elite_global", "elite_global_local"]
 FRONTEND_MODULES = TESTS.parent / ".cache" / "frontend-check" / "node_modules"
 
 
