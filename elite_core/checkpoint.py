@@ -3,23 +3,34 @@
 The official ``global_mapper.pt`` / ``local_mapper.pt`` are plain fp32 state dicts saved with
 ``torch.save``. They are read with ``weights_only=True`` (never a free unpickle) or, preferably,
 from ``.safetensors``. A file is recognised as an ELITE mapper by its key set; anything else is
-refused with a message that says what was found and what was expected.
+refused with a message that says what was found and what was expected. Damaged files (empty,
+truncated, NaN/inf values) are refused with a message that says exactly that.
+
+Every safetensors file the pack writes records its kind (``elite_kind``: global or local) in its
+metadata, and the loaders refuse the wrong kind. The official ``.pt`` files carry no metadata and
+have identical layouts, so for them the loader the user picks decides.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
+import re
+import zipfile
 from collections import Counter
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .mappers import NUM_WORDS, MapperWidths, expected_keys
-from .sites import SD1_ATTN2_SITES
+from .sites import SD1_ATTN2_SITES, describe_sd1_kv_layout, first_off_layout_site, sd1_base_width
 
 SAFETENSORS_EXTENSIONS = (".safetensors", ".sft")
 PICKLE_EXTENSIONS = (".pt", ".pth", ".bin", ".ckpt")
 MAPPER_EXTENSIONS = SAFETENSORS_EXTENSIONS + PICKLE_EXTENSIONS
+MAPPER_KINDS = ("global", "local")
+KIND_METADATA_KEY = "elite_kind"
 
 _EXPECTED_LAYOUT = (
     "an ELITE mapper holds 132 tensors: mapping_{0..4}.{0,1,3,4,6}.weight/bias, "
@@ -27,40 +38,102 @@ _EXPECTED_LAYOUT = (
     "for the 16 SD1.x cross-attention layers (e.g. "
     "'down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.weight')"
 )
+_FETCH_AGAIN = "The download or copy did not finish, or the file was damaged: fetch it again into models/elite/."
 
 
 class MapperFormatError(ValueError):
     """The file is not an ELITE mapper checkpoint (or is damaged)."""
 
 
-def read_tensor_file(path: str) -> dict[str, torch.Tensor]:
-    """Load a flat ``{name: tensor}`` dict from safetensors or a weights-only torch pickle."""
+# --------------------------------------------------------------------------- reading
+
+
+def _safetensors_metadata(path: str, name: str, size: int) -> dict[str, str]:
+    """Check that a safetensors file is complete and return its metadata (without loading tensors)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        header_len = int.from_bytes(head, "little") if len(head) == 8 else None
+        if header_len is None or header_len > size - 8:
+            raise MapperFormatError(
+                f"'{name}' is truncated or not a safetensors file: it has {size:,} bytes, fewer than its "
+                f"header needs. {_FETCH_AGAIN}"
+            )
+        try:
+            header = json.loads(f.read(header_len))
+            ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise MapperFormatError(f"'{name}' is not a safetensors file: its header cannot be read ({exc}).") from None
+    needed = 8 + header_len + max(ends, default=0)
+    if needed > size:
+        raise MapperFormatError(
+            f"'{name}' is truncated: it has {size:,} bytes of the {needed:,} its header declares. {_FETCH_AGAIN}"
+        )
+    return dict(header.get("__metadata__") or {})
+
+
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _pickle_error(name: str, path: str, exc: Exception) -> MapperFormatError:
+    """What a failed weights-only torch.load means for the user."""
+    text = str(exc)
+    refused = _REFUSED_GLOBAL.search(text)
+    if refused:
+        return MapperFormatError(
+            f"'{name}' was refused: it needs the Python object '{refused.group(1)}', which a weights-only "
+            "load does not allow. ELITE mappers contain only tensors; a file that needs arbitrary Python "
+            "objects is refused for safety. Use the official global_mapper.pt / local_mapper.pt or a "
+            ".safetensors file."
+        )
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    damaged_zip = magic == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+    if damaged_zip or isinstance(exc, EOFError) or "truncated" in text or "failed finding central directory" in text:
+        return MapperFormatError(
+            f"'{name}' is truncated or damaged: it is not a complete torch checkpoint "
+            f"({os.path.getsize(path):,} bytes). {_FETCH_AGAIN}"
+        )
+    first_line = text.splitlines()[0] if text else ""
+    return MapperFormatError(
+        f"Could not read '{name}' as a weights-only torch checkpoint ({exc.__class__.__name__}: {first_line}). "
+        "ELITE mappers are torch.save'd dicts of tensors or .safetensors files."
+    )
+
+
+def read_tensor_file_with_metadata(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a flat ``{name: tensor}`` dict and its metadata (empty for torch pickles)."""
     name = os.path.basename(path)
     ext = os.path.splitext(path)[1].lower()
+    if ext not in MAPPER_EXTENSIONS:
+        raise MapperFormatError(
+            f"'{name}' has the extension '{ext}'; ELITE mappers are read from {', '.join(MAPPER_EXTENSIONS)}."
+        )
+    size = os.path.getsize(path)
+    if size == 0:
+        raise MapperFormatError(f"'{name}' is empty (0 bytes). {_FETCH_AGAIN}")
     if ext in SAFETENSORS_EXTENSIONS:
+        metadata = _safetensors_metadata(path, name, size)
         try:
-            return load_file(path, device="cpu")
+            return load_file(path, device="cpu"), metadata
         except Exception as exc:  # safetensors raises its own error types
             raise MapperFormatError(f"Could not read '{name}' as safetensors: {exc}") from exc
-    if ext in PICKLE_EXTENSIONS:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise MapperFormatError(
-                f"Could not read '{name}' as a weights-only torch checkpoint ({exc.__class__.__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}). ELITE mappers contain only tensors; "
-                "a file that needs arbitrary Python objects is refused for safety."
-            ) from exc
-        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-            obj = obj["state_dict"]
-        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise MapperFormatError(
-                f"'{name}' holds a {type(obj).__name__}, not a dict of tensors; {_EXPECTED_LAYOUT}."
-            )
-        return dict(obj)
-    raise MapperFormatError(
-        f"'{name}' has the extension '{ext}'; ELITE mappers are read from {', '.join(MAPPER_EXTENSIONS)}."
-    )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError) as exc:
+        raise _pickle_error(name, path, exc) from exc
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise MapperFormatError(f"'{name}' holds a {type(obj).__name__}, not a dict of tensors; {_EXPECTED_LAYOUT}.")
+    return dict(obj), {}
+
+
+def read_tensor_file(path: str) -> dict[str, torch.Tensor]:
+    """Load a flat ``{name: tensor}`` dict from safetensors or a weights-only torch pickle."""
+    return read_tensor_file_with_metadata(path)[0]
+
+
+# --------------------------------------------------------------------------- recognising
 
 
 def _strip_common_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -92,8 +165,23 @@ def widths_from_state_dict(state_dict: dict[str, torch.Tensor]) -> MapperWidths:
     )
 
 
+def _check_kv_layout(state_dict: dict[str, torch.Tensor], widths: MapperWidths) -> None:
+    """The 16 K/V pairs must have the SD1.x site table's shapes: rows c·(1,1,2,2,4,...) for one c."""
+    if sd1_base_width(widths.kv_dims) is not None:
+        return
+    site, found, expected = first_off_layout_site(widths.kv_dims)
+    base = widths.kv_dims[0] // SD1_ATTN2_SITES[0].base_channels_mult
+    raise MapperFormatError(
+        f"its cross-attention K/V do not have the SD1.x layout: '{site.ckpt_to_k}' is "
+        f"{tuple(state_dict[site.ckpt_to_k].shape)}, expected ({expected}, {widths.output_dim}) "
+        f"(the 16 K/V pairs of an SD1.x UNet are {describe_sd1_kv_layout(base, widths.output_dim)} by "
+        f"site; the official mappers have {describe_sd1_kv_layout(320)}). The mapper file is damaged "
+        "or was not made for Stable Diffusion 1.x."
+    )
+
+
 def validate_mapper_state_dict(state_dict: dict[str, torch.Tensor]) -> MapperWidths:
-    """Check the exact key set and every shape; return the widths."""
+    """Check the exact key set, every shape, the SD1.x K/V layout and the values; return the widths."""
     widths = widths_from_state_dict(state_dict)
     expected = expected_keys(widths)
     missing = [k for k in expected if k not in state_dict]
@@ -112,37 +200,79 @@ def validate_mapper_state_dict(state_dict: dict[str, torch.Tensor]) -> MapperWid
     ]
     if wrong:
         raise MapperFormatError(f"ELITE mapper with inconsistent shapes: {'; '.join(wrong[:3])}.")
+    _check_kv_layout(state_dict, widths)
     non_float = [k for k, v in state_dict.items() if not v.is_floating_point()]
     if non_float:
         raise MapperFormatError(f"ELITE mapper tensors must be floating point; {non_float[0]} is {state_dict[non_float[0]].dtype}.")
+    non_finite = [k for k, v in state_dict.items() if not torch.isfinite(v).all()]
+    if non_finite:
+        raise MapperFormatError(
+            f"it contains non-finite values (NaN or inf) in {len(non_finite)} of {len(state_dict)} tensors "
+            f"(e.g. {non_finite[0]}). The file is damaged or was saved from a training run that diverged; "
+            "fetch or export it again."
+        )
     return widths
 
 
-def load_mapper_state_dict(path: str) -> tuple[dict[str, torch.Tensor], MapperWidths]:
-    """Read and validate a mapper checkpoint; tensors are returned as fp32 on the CPU."""
-    state_dict = _strip_common_prefix(read_tensor_file(path))
+def _check_kind(name: str, metadata: dict[str, str], kind: str | None) -> None:
+    recorded = metadata.get(KIND_METADATA_KEY)
+    if kind is None or recorded is None or recorded == kind:
+        return
+    raise MapperFormatError(
+        f"'{name}' is an ELITE {recorded} mapper (its metadata says so), but it was given to the {kind} "
+        f"mapper loader. Load it with 'ELITE {recorded.capitalize()} Mapper Loader', and choose the "
+        f"{kind} mapper file ({kind}_mapper.pt or its .safetensors conversion) here."
+    )
+
+
+def load_mapper_state_dict(path: str, kind: str | None = None) -> tuple[dict[str, torch.Tensor], MapperWidths]:
+    """Read and validate a mapper checkpoint; tensors are returned as fp32 on the CPU.
+
+    ``kind`` ('global' or 'local'): refuse a file whose metadata records the other kind.
+    """
+    if kind is not None and kind not in MAPPER_KINDS:
+        raise ValueError(f"kind must be one of {MAPPER_KINDS}, got {kind!r}")
+    name = os.path.basename(path)
+    state_dict, metadata = read_tensor_file_with_metadata(path)
+    _check_kind(name, metadata, kind)
+    state_dict = _strip_common_prefix(state_dict)
     try:
         widths = validate_mapper_state_dict(state_dict)
     except MapperFormatError as exc:
-        raise MapperFormatError(f"'{os.path.basename(path)}': {exc}") from None
+        raise MapperFormatError(f"'{name}': {exc}") from None
     return {k: v.float().contiguous() for k, v in state_dict.items()}, widths
 
 
-def save_mapper_safetensors(state_dict: dict[str, torch.Tensor], path: str, kind: str | None = None) -> None:
-    """Write a validated mapper state dict as safetensors (contiguous CPU tensors)."""
+def read_mapper_kind(path: str) -> str | None:
+    """The kind recorded in a safetensors mapper's metadata, or None (torch pickles, older files)."""
+    if os.path.splitext(path)[1].lower() not in SAFETENSORS_EXTENSIONS:
+        return None
+    return _safetensors_metadata(path, os.path.basename(path), os.path.getsize(path)).get(KIND_METADATA_KEY)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def save_mapper_safetensors(state_dict: dict[str, torch.Tensor], path: str, *, kind: str,
+                            metadata: dict[str, str] | None = None) -> None:
+    """Write a validated mapper state dict as safetensors, recording its kind ('global'/'local')
+    and any extra ``metadata`` (strings)."""
+    if kind not in MAPPER_KINDS:
+        raise ValueError(f"kind must be one of {MAPPER_KINDS}, got {kind!r}")
     validate_mapper_state_dict(state_dict)
-    metadata = {"format": "elite_mapper", "num_words": str(NUM_WORDS)}
-    if kind:
-        metadata["elite_kind"] = kind
-    save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, path, metadata=metadata)
+    header = {**(metadata or {}), "format": "elite_mapper", "num_words": str(NUM_WORDS), KIND_METADATA_KEY: kind}
+    save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, path, metadata=header)
 
 
 __all__ = [
     "MAPPER_EXTENSIONS",
+    "MAPPER_KINDS",
     "MapperFormatError",
     "MapperWidths",
     "load_mapper_state_dict",
+    "read_mapper_kind",
     "read_tensor_file",
+    "read_tensor_file_with_metadata",
     "save_mapper_safetensors",
     "validate_mapper_state_dict",
     "widths_from_state_dict",

@@ -75,3 +75,31 @@ SD1_ATTN2_SITES: tuple[AttnSite, ...] = (
 
 SITES_BY_BLOCK = {site.block: site for site in SD1_ATTN2_SITES}
 SITES_BY_CKPT_PREFIX = {site.ckpt_prefix: site for site in SD1_ATTN2_SITES}
+
+SD1_TEXT_WIDTH = 768  # CLIP ViT-L/14 text width: the input width of every attn2 to_k/to_v
+
+
+def sd1_base_width(kv_rows: tuple[int, ...] | list[int]) -> int | None:
+    """The UNet width ``c`` (model_channels) for which ``kv_rows[i] == c * mult_i`` at all 16 sites
+    (320 for every SD1.x checkpoint), or None when the rows do not follow the SD1.x layout."""
+    if len(kv_rows) != len(SD1_ATTN2_SITES) or kv_rows[0] <= 0:
+        return None
+    base = kv_rows[0] // SD1_ATTN2_SITES[0].base_channels_mult
+    if any(rows != base * site.base_channels_mult for rows, site in zip(kv_rows, SD1_ATTN2_SITES)):
+        return None
+    return base
+
+
+def describe_sd1_kv_layout(base: int, text_width: int = SD1_TEXT_WIDTH) -> str:
+    """The to_k/to_v shapes of an SD1.x UNet of width ``base``, e.g. '(320, 768) / (640, 768) / (1280, 768)'."""
+    rows = sorted({base * site.base_channels_mult for site in SD1_ATTN2_SITES})
+    return " / ".join(f"({r}, {text_width})" for r in rows)
+
+
+def first_off_layout_site(kv_rows: tuple[int, ...] | list[int]) -> tuple[AttnSite, int, int] | None:
+    """(site, rows found, rows expected) of the first site that breaks the layout set by site 0."""
+    base = kv_rows[0] // SD1_ATTN2_SITES[0].base_channels_mult
+    for rows, site in zip(kv_rows, SD1_ATTN2_SITES):
+        if rows != base * site.base_channels_mult:
+            return site, rows, base * site.base_channels_mult
+    return None

@@ -79,8 +79,8 @@ def prepare_base(base: Path, models: Path, real: dict | None, image: Path | None
         elite_dir = base / "models" / "elite"
         elite_dir.mkdir(parents=True, exist_ok=True)
         checkpoint = elite_core_module("checkpoint")
-        checkpoint.save_mapper_safetensors(tiny_mapper_state_dict(seed=10), str(elite_dir / RANDOM_GLOBAL))
-        checkpoint.save_mapper_safetensors(tiny_mapper_state_dict(seed=11), str(elite_dir / RANDOM_LOCAL))
+        checkpoint.save_mapper_safetensors(tiny_mapper_state_dict(seed=10), str(elite_dir / RANDOM_GLOBAL), kind="global")
+        checkpoint.save_mapper_safetensors(tiny_mapper_state_dict(seed=11), str(elite_dir / RANDOM_LOCAL), kind="local")
     else:
         (base / "extra_model_paths.yaml").write_text(
             "elite_demo:\n"

@@ -13,6 +13,7 @@ from comfyui_elite.elite_core import convert
 from comfyui_elite.elite_core.checkpoint import (
     MapperFormatError,
     load_mapper_state_dict,
+    read_mapper_kind,
     save_mapper_safetensors,
 )
 from comfyui_elite.elite_core.mappers import OFFICIAL_WIDTHS, GlobalMapper, LocalMapper, expected_keys
@@ -47,7 +48,7 @@ def test_modules_state_dict_is_the_official_key_set(kind):
 def test_round_trip_is_bit_exact(tmp_path, global_mapper_state, ext):
     path = tmp_path / f"mapper{ext}"
     if ext == ".safetensors":
-        save_mapper_safetensors(global_mapper_state, str(path))
+        save_mapper_safetensors(global_mapper_state, str(path), kind="global")
     else:
         torch.save(global_mapper_state, str(path))
     loaded, widths = load_mapper_state_dict(str(path))
@@ -77,6 +78,32 @@ def test_convert_cli_writes_verified_safetensors(tmp_path, global_mapper_state):
     assert "verified bit-exact" in done.stderr
     loaded, _ = load_mapper_state_dict(str(dst))
     assert all(torch.equal(loaded[k], global_mapper_state[k]) for k in global_mapper_state)
+
+
+@pytest.mark.parametrize("source, kind_flag, recorded", [
+    ("global_mapper.pt", None, "global"), ("local_mapper.pt", None, "local"), ("my_mapper.pt", "local", "local"),
+])
+def test_converter_records_the_kind_and_the_loaders_refuse_the_other(tmp_path, global_mapper_state, source,
+                                                                     kind_flag, recorded):
+    src, dst = tmp_path / source, tmp_path / "converted.safetensors"
+    torch.save(global_mapper_state, str(src))
+    convert.convert(str(src), str(dst), kind_flag)
+    assert read_mapper_kind(str(dst)) == recorded
+    load_mapper_state_dict(str(dst), kind=recorded)
+    other = "global" if recorded == "local" else "local"
+    with pytest.raises(MapperFormatError, match=f"'converted.safetensors' is an ELITE {recorded} mapper"):
+        load_mapper_state_dict(str(dst), kind=other)
+
+
+def test_converter_asks_for_the_kind_when_the_name_does_not_say(tmp_path, global_mapper_state, caplog):
+    src = tmp_path / "mapper.pt"
+    torch.save(global_mapper_state, str(src))
+    assert convert.main([str(src), str(tmp_path / "out.safetensors")]) == 1
+    assert "pass --kind global or --kind local" in caplog.text
+    labelled = tmp_path / "labelled.safetensors"
+    save_mapper_safetensors(global_mapper_state, str(labelled), kind="global")
+    with pytest.raises(MapperFormatError, match="'labelled.safetensors' is recorded as a global mapper, not local"):
+        convert.convert(str(labelled), str(tmp_path / "again.safetensors"), "local")
 
 
 def test_convert_cli_reports_bad_input(tmp_path, caplog):
