@@ -1,15 +1,14 @@
-"""The one module of elite_core that talks to ComfyUI.
+"""The ComfyUI adapter: the only place (with comfy_unet_patch.py) where elite_core talks to ComfyUI.
 
 It registers the ``models/elite`` folder, wraps mappers for ComfyUI's memory manager, runs the
-CLIP_VISION model, edits CLIP token lists and patches the SD1.x ModelPatcher. Everything else in
-elite_core is plain torch.
+CLIP_VISION model and edits CLIP token lists; comfy_unet_patch.py patches the SD1.x ModelPatcher
+(re-exported here). Everything else in elite_core is plain torch.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import uuid
 from dataclasses import dataclass
 
 import torch
@@ -17,9 +16,7 @@ import torch
 import comfy.model_management as model_management
 import comfy.model_patcher
 import folder_paths
-from comfy.ldm.modules.attention import optimized_attention
 
-from .attn2_patches import ELITEAttn2Replace, PlaceholderProbe
 from .checkpoint import MAPPER_EXTENSIONS, load_mapper_state_dict
 from .clip_input import (
     describe_vision_mismatch,
@@ -29,20 +26,16 @@ from .clip_input import (
     select_elite_layers,
     squash_to_clip_input,
 )
+from .comfy_unet_patch import PLACEHOLDER_KEY, apply_elite, apply_global_kv  # noqa: F401  (re-exported)
 from .concept import ELITEConcept, LocalBranch
+from .input_checks import ELITEInputError, check_image, check_mask
 from .mappers import GlobalMapper, LocalMapper, MapperWidths, SiteKV, build_mapper, kv_from_state_dict
 from .prompt_tokens import PlaceholderError, PlaceholderMissing, inject_words, placeholder_token_id
-from .sites import SD1_ATTN2_SITES
+from .sites import SD1_TEXT_WIDTH
 
 log = logging.getLogger("elite")
 
 MODEL_FOLDER = "elite"
-SD1_TEXT_WIDTH = 768
-PLACEHOLDER_KEY = "elite_placeholder"  # conditioning dict entry: the placeholder's encoded vector(s)
-
-
-class ELITEInputError(ValueError):
-    """A node input that ELITE cannot use; the message says what was expected."""
 
 
 # --------------------------------------------------------------------------- model folder
@@ -60,17 +53,26 @@ def mapper_file_names() -> list[str]:
     return folder_paths.get_filename_list(MODEL_FOLDER)
 
 
-def resolve_mapper_path(name: str) -> str:
-    path = folder_paths.get_full_path(MODEL_FOLDER, name)
-    if path is None:
-        folders = folder_paths.get_folder_paths(MODEL_FOLDER)
-        seen = mapper_file_names()
-        raise ELITEInputError(
-            f"ELITE mapper '{name}' was not found. Searched: {', '.join(folders) or '(no folders)'}. "
-            f"Files there: {', '.join(seen) if seen else 'none'}. Put global_mapper.pt (or its "
-            f".safetensors conversion) into models/{MODEL_FOLDER}/."
-        )
-    return path
+def missing_mapper_message(name, kind: str) -> str | None:
+    """Why mapper file ``name`` cannot be found (where it was looked for, what is there, where to put
+    it), or None when it exists. Loader nodes return this from ``validate_inputs``, so the user sees
+    it before anything runs, on ComfyUI versions that check combo values and on those that do not."""
+    if isinstance(name, str) and folder_paths.get_full_path(MODEL_FOLDER, name) is not None:
+        return None
+    folders = folder_paths.get_folder_paths(MODEL_FOLDER)
+    seen = mapper_file_names()
+    return (
+        f"ELITE mapper {name!r} was not found. Searched: {', '.join(folders) or '(no folders)'}. "
+        f"Files there: {', '.join(seen) if seen else 'none'}. Put {kind}_mapper.pt (or its "
+        f".safetensors conversion) into models/{MODEL_FOLDER}/ and pick it in the loader."
+    )
+
+
+def resolve_mapper_path(name: str, kind: str) -> str:
+    problem = missing_mapper_message(name, kind)
+    if problem:
+        raise ELITEInputError(problem)
+    return folder_paths.get_full_path(MODEL_FOLDER, name)
 
 
 # --------------------------------------------------------------------------- mappers
@@ -100,20 +102,20 @@ class LoadedMapper:
     kv_patcher: comfy.model_patcher.ModelPatcher | None = None
 
 
-def _load_mapper(name: str, kind: type) -> tuple[torch.nn.Module, MapperWidths, dict]:
-    state_dict, widths = load_mapper_state_dict(resolve_mapper_path(name))
-    module = build_mapper(kind, state_dict, widths, with_kv=False)
-    log.info("loaded ELITE %s %s (%d -> %d)", kind.__name__, name, widths.input_dim, widths.output_dim)
+def _load_mapper(name: str, cls: type, kind: str) -> tuple[torch.nn.Module, MapperWidths, dict]:
+    state_dict, widths = load_mapper_state_dict(resolve_mapper_path(name, kind), kind=kind)
+    module = build_mapper(cls, state_dict, widths, with_kv=False)
+    log.info("loaded ELITE %s %s (%d -> %d)", cls.__name__, name, widths.input_dim, widths.output_dim)
     return module, widths, kv_from_state_dict(state_dict)
 
 
 def load_global_mapper(name: str) -> LoadedMapper:
-    module, widths, kv = _load_mapper(name, GlobalMapper)
+    module, widths, kv = _load_mapper(name, GlobalMapper, "global")
     return LoadedMapper(name=name, module=module, patcher=_managed(module), widths=widths, kv=kv)
 
 
 def load_local_mapper(name: str) -> LoadedMapper:
-    module, widths, kv = _load_mapper(name, LocalMapper)
+    module, widths, kv = _load_mapper(name, LocalMapper, "local")
     kv_module = SiteKV(kv)
     return LoadedMapper(
         name=name, module=module, patcher=_managed(module), widths=widths,
@@ -145,17 +147,22 @@ def _vision_geometry(clip_vision) -> tuple[int, int, int]:
     return num_layers, num_tokens, width
 
 
-def clip_vision_features(clip_vision, image: torch.Tensor, mapper_width: int) -> list[torch.Tensor]:
-    """ELITE's five CLIP layers (blocks 24, 4, 8, 12, 16) of IMAGE, each (B, 257, width)."""
+def _vision_layers(clip_vision, pixels: torch.Tensor, mapper_width: int) -> list[torch.Tensor]:
+    """One CLIP vision forward of normalised pixels (N, 3, 224, 224): ELITE's five layers, each
+    (N, 257, width), fp32."""
     problem = describe_vision_mismatch(*_vision_geometry(clip_vision), mapper_width=mapper_width)
     if problem:
         raise ELITEInputError(problem)
-    pixels = squash_to_clip_input(image)
     model_management.load_models_gpu([clip_vision.patcher])
     with torch.no_grad():
-        # (last, intermediate, projected, ...): index 1 holds all block outputs (B, 24, 257, width).
+        # (last, intermediate, projected, ...): index 1 holds all block outputs (N, 24, 257, width).
         outputs = clip_vision.model(pixel_values=pixels.to(clip_vision.load_device), intermediate_output="all")
     return [layer.float() for layer in select_elite_layers(outputs[1])]
+
+
+def clip_vision_features(clip_vision, image: torch.Tensor, mapper_width: int) -> list[torch.Tensor]:
+    """ELITE's five CLIP layers (blocks 24, 4, 8, 12, 16) of IMAGE, each (B, 257, width)."""
+    return _vision_layers(clip_vision, squash_to_clip_input(image), mapper_width)
 
 
 def _check_mask_coverage(mask: torch.Tensor, inverted: bool) -> None:
@@ -176,35 +183,53 @@ def _check_mask_coverage(mask: torch.Tensor, inverted: bool) -> None:
                 100 * coverage, effect, hint)
 
 
-def encode_local_tokens(clip_vision, local_mapper: LoadedMapper, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """ELITE's local tokens (B, 256, D): the object image through CLIP and the local mapper, with
-    background patches zeroed by the 16x16 nearest mask (reference §2 and §5)."""
-    features = clip_vision_features(clip_vision, object_image(image, mask), local_mapper.widths.input_dim)
-    return _run_mapper(local_mapper, features) * mask_patch_grid(mask)
-
-
-def encode_concept(clip_vision, global_mapper: LoadedMapper, image: torch.Tensor,
-                   local_mapper: LoadedMapper | None = None, mask: torch.Tensor | None = None,
-                   invert_mask: bool = False) -> ELITEConcept:
-    if image.dim() != 4 or image.shape[0] == 0:
-        raise ELITEInputError(f"ELITE needs an IMAGE batch (batch, height, width, 3), got {tuple(image.shape)}.")
-    features = clip_vision_features(clip_vision, image, global_mapper.widths.input_dim)
-    words = _run_mapper(global_mapper, features)
-    if local_mapper is None:
-        if mask is not None:
-            log.warning("ELITE: the mask only shapes the local mapping; connect a local mapper to use it.")
-        return ELITEConcept(words=words, global_kv=global_mapper.kv)
-    if local_mapper.widths.output_dim != global_mapper.widths.output_dim:
-        raise ELITEInputError("The local and global mappers have different output widths; they are not a pair.")
+def _object_mask(image: torch.Tensor, mask: torch.Tensor | None, invert_mask: bool) -> torch.Tensor:
+    if mask is not None:
+        check_mask(mask)
     try:
         object_mask = prepare_object_mask(mask, image, invert_mask)
     except ValueError as exc:
         raise ELITEInputError(str(exc)) from None
     if mask is not None:
         _check_mask_coverage(object_mask, invert_mask)
-    tokens = encode_local_tokens(clip_vision, local_mapper, image, object_mask)
-    local = LocalBranch(tokens=tokens, kv=local_mapper.kv_patcher.model.weights, models=(local_mapper.kv_patcher,))
-    return ELITEConcept(words=words, global_kv=global_mapper.kv, local=local)
+    return object_mask
+
+
+def encode_concept(clip_vision, global_mapper: LoadedMapper, image: torch.Tensor,
+                   local_mapper: LoadedMapper | None = None, mask: torch.Tensor | None = None,
+                   invert_mask: bool = False) -> ELITEConcept:
+    """The concept of IMAGE: the global mapper's words and, with a local mapper, ELITE's local tokens
+    (B, 256, D): the object image (image x mask) through CLIP and the local mapper, background
+    patches zeroed by the 16x16 nearest mask (reference §2 and §5).
+
+    With a local mapper the whole image and the object image go through CLIP vision as one batch.
+    """
+    check_image(image)
+    if local_mapper is None:
+        if mask is not None:
+            log.warning("ELITE: the mask only shapes the local mapping; connect a local mapper to use it.")
+        features = clip_vision_features(clip_vision, image, global_mapper.widths.input_dim)
+        return ELITEConcept(words=_run_mapper(global_mapper, features), global_kv=global_mapper.kv,
+                            global_name=global_mapper.name)
+    if local_mapper.widths.output_dim != global_mapper.widths.output_dim:
+        raise ELITEInputError(
+            f"The local mapper '{local_mapper.name}' gives {local_mapper.widths.output_dim}-wide tokens and the "
+            f"global mapper '{global_mapper.name}' {global_mapper.widths.output_dim}-wide words: they are not a pair."
+        )
+    if local_mapper.widths.input_dim != global_mapper.widths.input_dim:
+        raise ELITEInputError(
+            f"The local mapper '{local_mapper.name}' reads {local_mapper.widths.input_dim}-wide CLIP features and "
+            f"the global mapper '{global_mapper.name}' {global_mapper.widths.input_dim}-wide: they are not a pair."
+        )
+    object_mask = _object_mask(image, mask, invert_mask)
+    batch = image.shape[0]
+    pixels = torch.cat([squash_to_clip_input(image), squash_to_clip_input(object_image(image, object_mask))])
+    layers = _vision_layers(clip_vision, pixels, global_mapper.widths.input_dim)
+    words = _run_mapper(global_mapper, [layer[:batch] for layer in layers])
+    tokens = _run_mapper(local_mapper, [layer[batch:] for layer in layers]) * mask_patch_grid(object_mask)
+    local = LocalBranch(tokens=tokens, kv=local_mapper.kv_patcher.model.weights, models=(local_mapper.kv_patcher,),
+                        name=local_mapper.name)
+    return ELITEConcept(words=words, global_kv=global_mapper.kv, local=local, global_name=global_mapper.name)
 
 
 # --------------------------------------------------------------------------- text conditioning
@@ -248,104 +273,3 @@ def concept_conditioning(clip, concept: ELITEConcept, text: str, placeholder: st
         fingerprint = cond[:1, injection.index].detach().float().cpu()
         marked.append([cond, {**extras, PLACEHOLDER_KEY: fingerprint}])
     return marked, injection
-
-
-# --------------------------------------------------------------------------- UNet
-
-
-def _attn2_kv_problems(model, concept: ELITEConcept) -> list[str]:
-    state = model.model_state_dict()
-    problems = []
-    for site in SD1_ATTN2_SITES:
-        wk, wv = concept.global_kv[site.ckpt_prefix]
-        for key, w in ((site.comfy_to_k, wk), (site.comfy_to_v, wv)):
-            if key not in state:
-                problems.append(f"{key} is missing")
-            elif tuple(state[key].shape) != tuple(w.shape):
-                problems.append(f"{key} is {tuple(state[key].shape)}, ELITE's is {tuple(w.shape)}")
-    return problems
-
-
-def _set_global_kv(patched, concept: ELITEConcept) -> None:
-    problems = _attn2_kv_problems(patched, concept)
-    if problems:
-        kind = type(getattr(patched.model, "model_config", patched.model)).__name__
-        raise ELITEInputError(
-            f"This MODEL ({kind}) is not a Stable Diffusion 1.x UNet that ELITE can patch: "
-            f"{len(problems)} of 32 cross-attention K/V weights do not match ({problems[0]}). "
-            "Use an SD1.x checkpoint (v1-4, v1-5 or a fine-tune of them)."
-        )
-    patches = {}
-    for site in SD1_ATTN2_SITES:
-        wk, wv = concept.global_kv[site.ckpt_prefix]
-        patches[site.comfy_to_k] = ("set", (wk,))
-        patches[site.comfy_to_v] = ("set", (wv,))
-    added = patched.add_patches(patches, 1.0, 1.0)
-    if len(added) != 2 * len(SD1_ATTN2_SITES):
-        raise RuntimeError(f"ELITE patched {len(added)} of {2 * len(SD1_ATTN2_SITES)} attn2 K/V weights.")
-
-
-def apply_global_kv(model, concept: ELITEConcept):
-    """A clone of ``model`` whose 16 attn2 to_k/to_v weights are ELITE's (weight patches)."""
-    patched = model.clone()
-    _set_global_kv(patched, concept)
-    return patched
-
-
-def placeholder_fingerprints(positive) -> torch.Tensor | None:
-    """The placeholder vectors ELITE Conditioning stored in a CONDITIONING, (m, D), or None."""
-    found = [extras[PLACEHOLDER_KEY] for _, extras in positive or [] if PLACEHOLDER_KEY in extras]
-    return torch.cat(found) if found else None
-
-
-def _existing_attn2_replace(model, block: tuple[str, int]):
-    replaces = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-    found = replaces.get((block[0], block[1], 0))
-    return found if found is not None else replaces.get(block)
-
-
-def add_local_attention(patched, concept: ELITEConcept, positive, strength: float,
-                        start_percent: float, end_percent: float) -> None:
-    """Install ELITE's local branch on all 16 attn2 sites of ``patched`` (already a clone)."""
-    fingerprints = placeholder_fingerprints(positive)
-    if fingerprints is None:
-        raise ELITEInputError(
-            "The local mapping needs the positive prompt from ELITE Conditioning (it finds the "
-            "placeholder word there). Connect ELITE Conditioning's output to 'positive'."
-        )
-    sampling = patched.get_model_object("model_sampling")
-    sigma_start = sampling.percent_to_sigma(start_percent)
-    sigma_end = sampling.percent_to_sigma(end_percent)
-    key = f"elite_selection_{uuid.uuid4().hex}"
-    patched.set_model_attn2_patch(PlaceholderProbe(key, fingerprints, models=concept.local.models))
-    tokens = concept.local_tokens()
-    kv = concept.local.kv
-    for site in SD1_ATTN2_SITES:
-        replace = ELITEAttn2Replace(
-            key, tokens,
-            weight_k=lambda p=site.ckpt_prefix: kv()[p][0],
-            weight_v=lambda p=site.ckpt_prefix: kv()[p][1],
-            scale=strength, sigma_start=sigma_start, sigma_end=sigma_end,
-            attention=optimized_attention, previous=_existing_attn2_replace(patched, site.block),
-        )
-        patched.set_model_attn2_replace(replace, site.block[0], site.block[1], 0)
-
-
-def apply_elite(model, concept: ELITEConcept, positive=None, strength: float = 0.8,
-                start_percent: float = 0.0, end_percent: float = 1.0, global_kv: bool = True):
-    """A clone of ``model`` with ELITE's global K/V weights and, when the concept has a local
-    mapping and ``strength`` > 0, the local attention branch."""
-    if not 0.0 <= start_percent <= end_percent <= 1.0:
-        raise ELITEInputError(f"start ({start_percent}) and end ({end_percent}) must satisfy 0 <= start <= end <= 1.")
-    patched = model.clone()
-    if global_kv:
-        _set_global_kv(patched, concept)
-    else:
-        problems = _attn2_kv_problems(patched, concept)
-        if problems:
-            raise ELITEInputError(f"This MODEL is not a Stable Diffusion 1.x UNet: {problems[0]}.")
-    if strength != 0.0 and concept.local is not None:
-        add_local_attention(patched, concept, positive, strength, start_percent, end_percent)
-    elif strength != 0.0:
-        log.info("ELITE: the concept has no local mapping (no local mapper connected); global mapping only.")
-    return patched

@@ -24,6 +24,7 @@ class LocalBranch:
     tokens: torch.Tensor
     kv: Callable[[], KVWeights]
     models: tuple = ()
+    name: str = "local mapper"  # the local mapper's file name, for messages
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +39,7 @@ class ELITEConcept:
     words: torch.Tensor
     global_kv: KVWeights
     local: LocalBranch | None = field(default=None)
+    global_name: str = "global mapper"  # the global mapper's file name, for messages
 
     def __post_init__(self):
         if self.words.dim() != 3 or self.words.shape[1] != 5:

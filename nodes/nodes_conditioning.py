@@ -8,6 +8,13 @@ from .elite_types import CATEGORY, ConceptType
 WORD_MODES = ("primary word", "all five words")
 
 
+def _unknown_words_mode(words) -> str | None:
+    # ComfyUI 0.3.75 does not check V3 combo values, so an API client's typo would reach execute.
+    if words in WORD_MODES:
+        return None
+    return f"words is {words!r}; it must be one of: {', '.join(repr(m) for m in WORD_MODES)}."
+
+
 class ELITEConditioning(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -43,7 +50,14 @@ class ELITEConditioning(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, words) -> bool | str:
+        return words is None or _unknown_words_mode(words) or True  # None: linked, checked in execute
+
+    @classmethod
     def execute(cls, clip, concept, text: str, placeholder: str, words: str) -> io.NodeOutput:
+        problem = _unknown_words_mode(words)
+        if problem:
+            raise comfy_adapter.ELITEInputError(problem)
         conditioning, _ = comfy_adapter.concept_conditioning(
             clip, concept, text, placeholder, all_words=(words == WORD_MODES[1])
         )

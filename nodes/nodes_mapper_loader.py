@@ -1,4 +1,9 @@
-"""Loaders for ELITE mapper checkpoints in models/elite."""
+"""Loaders for ELITE mapper checkpoints in models/elite.
+
+``validate_inputs`` replaces ComfyUI's own combo check for ``mapper_name`` (newer ComfyUI runs that
+check before ``execute``, 0.3.75 does not), so on every version a missing file is reported with the
+pack's message: where it looked, what is there, where to put the file.
+"""
 
 from comfy_api.latest import io
 
@@ -6,15 +11,26 @@ from ..elite_core import comfy_adapter
 from .elite_types import CATEGORY, GlobalMapperType, LocalMapperType
 
 
-def _mapper_input(which: str) -> io.Combo.Input:
-    return io.Combo.Input(
-        "mapper_name",
-        options=comfy_adapter.mapper_file_names(),
-        tooltip=f"The {which} mapper file in models/elite ({which}_mapper.pt or its .safetensors conversion).",
-    )
+class _MapperLoader(io.ComfyNode):
+    KIND = ""  # "global" or "local"
+
+    @classmethod
+    def mapper_input(cls) -> io.Combo.Input:
+        return io.Combo.Input(
+            "mapper_name",
+            options=comfy_adapter.mapper_file_names(),
+            tooltip=f"The {cls.KIND} mapper file in models/elite ({cls.KIND}_mapper.pt or its .safetensors conversion).",
+        )
+
+    @classmethod
+    def validate_inputs(cls, mapper_name) -> bool | str:
+        # None: the name comes from a link and is only known when the node runs (execute checks it then).
+        return mapper_name is None or comfy_adapter.missing_mapper_message(mapper_name, cls.KIND) or True
 
 
-class ELITEGlobalMapperLoader(io.ComfyNode):
+class ELITEGlobalMapperLoader(_MapperLoader):
+    KIND = "global"
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -26,7 +42,7 @@ class ELITEGlobalMapperLoader(io.ComfyNode):
                 "ViT-L/14 image to word embeddings and carries ELITE's fine-tuned cross-attention "
                 "K/V weights."
             ),
-            inputs=[_mapper_input("global")],
+            inputs=[cls.mapper_input()],
             outputs=[GlobalMapperType.Output(display_name="global_mapper")],
         )
 
@@ -35,7 +51,9 @@ class ELITEGlobalMapperLoader(io.ComfyNode):
         return io.NodeOutput(comfy_adapter.load_global_mapper(mapper_name))
 
 
-class ELITELocalMapperLoader(io.ComfyNode):
+class ELITELocalMapperLoader(_MapperLoader):
+    KIND = "local"
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -46,7 +64,7 @@ class ELITELocalMapperLoader(io.ComfyNode):
                 "Loads ELITE's local mapper (local_mapper.pt) from models/elite. It maps the masked "
                 "object's CLIP patches to 256 tokens that every cross-attention layer attends to."
             ),
-            inputs=[_mapper_input("local")],
+            inputs=[cls.mapper_input()],
             outputs=[LocalMapperType.Output(display_name="local_mapper")],
         )
 

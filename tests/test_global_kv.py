@@ -71,13 +71,13 @@ def test_model_with_other_cross_attention_width_is_refused(concept):
     with pytest.raises(comfy_adapter.ELITEInputError) as err:
         comfy_adapter.apply_global_kv(sd2_like, concept)
     message = str(err.value)
-    assert "is not a Stable Diffusion 1.x UNet" in message
-    assert "32 of 32 cross-attention K/V weights do not match" in message
-    assert "is (32, 1024), ELITE's is (32, 768)" in message
+    assert "This MODEL (SD15) is not a Stable Diffusion 1.x UNet" in message
+    assert "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight is (32, 1024)" in message
+    assert "takes 768-wide CLIP-L text" in message
 
 
 def test_model_without_the_sd1_blocks_is_refused(concept):
     no_attention = build_tiny_sd15_model(seed=0, transformer_depth=[0] * 8, transformer_depth_middle=0,
                                          transformer_depth_output=[0] * 12)
-    with pytest.raises(comfy_adapter.ELITEInputError, match=r"input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight is missing"):
+    with pytest.raises(comfy_adapter.ELITEInputError, match=r"not a Stable Diffusion 1.x UNet that ELITE can patch: it has no diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"):
         comfy_adapter.apply_global_kv(no_attention, concept)

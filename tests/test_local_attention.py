@@ -273,7 +273,11 @@ def test_global_only_concept_ignores_lambda(tiny_model, elite):
     assert "patches_replace" not in patched.model_options["transformer_options"]
 
 
-@pytest.mark.parametrize("start, end", [(0.6, 0.4), (-0.1, 1.0), (0.0, 1.5)])
-def test_bad_schedule_window_is_refused(tiny_model, elite, start, end):
-    with pytest.raises(comfy_adapter.ELITEInputError, match="0 <= start <= end <= 1"):
+@pytest.mark.parametrize("start, end, message", [
+    (0.6, 0.4, r"start_percent \(0.6\) is after end_percent \(0.4\)"),
+    (-0.1, 1.0, r"start_percent is -0.1; it must be from 0.0 to 1.0"),
+    (0.0, 1.5, r"end_percent is 1.5; it must be from 0.0 to 1.0"),
+])
+def test_bad_schedule_window_is_refused(tiny_model, elite, start, end, message):
+    with pytest.raises(comfy_adapter.ELITEInputError, match=message):
         comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA, start, end)
