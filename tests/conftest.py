@@ -77,6 +77,18 @@ from elite_test_pack.workflows import write_concept_image  # noqa: E402
 write_concept_image(str(BASE_DIR / "input" / CONCEPT_IMAGE))
 
 
+def comfyui_version() -> str:
+    try:
+        from comfyui_version import __version__
+    except ImportError:
+        return "unknown"
+    return __version__
+
+
+def pytest_report_header(config):
+    return f"ComfyUI {comfyui_version()} at {COMFY_DIR}"
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(BASE_DIR, ignore_errors=True)
 
@@ -98,7 +110,8 @@ def record_parity(request):
 
 def pytest_terminal_summary(terminalreporter):
     if _PARITY:
-        terminalreporter.section("ELITE parity: max |Δ| against the independent re-statements (fp32)")
+        terminalreporter.section(f"ELITE parity on ComfyUI {comfyui_version()}: max |Δ| against the "
+                                 "independent re-statements (fp32)")
         for name, delta in _PARITY:
             terminalreporter.write_line(f"{delta:9.2e}  {name}")
 

@@ -1,5 +1,6 @@
 """The pack inside a real ComfyUI server (`main.py --cpu`) on 127.0.0.1, driven over HTTP."""
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -10,13 +11,32 @@ import pytest
 import requests
 
 from conftest import BASE_DIR, COMFY_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
-from elite_test_pack.comfy_server import run_prompt, running_server
+from elite_test_pack.comfy_server import run_prompt, running_server, wait_for_history
 from elite_test_pack.workflows import with_tiny_models
 from test_workflows import EXAMPLES
 
 TESTS = Path(__file__).resolve().parent
 API_TWIN = TESTS / "api_workflows" / "elite_global_local.json"
 FRONTEND_MODULES = TESTS.parent / ".cache" / "frontend-check" / "node_modules"
+NEWEST_FRONTEND = TESTS.parent / ".cache" / "frontend-newest"  # the bootstrap installs it there
+
+
+def _frontend_version(site: Path | None) -> str:
+    """Version of comfyui-frontend-package: the one this ComfyUI pins (installed in the venv) or the
+    newest one the bootstrap put under .cache/frontend-newest."""
+    if site is None:
+        try:
+            return importlib.metadata.version("comfyui-frontend-package")
+        except importlib.metadata.PackageNotFoundError:
+            return "none"
+    found = sorted(site.glob("comfyui_frontend_package-*.dist-info"))
+    return found[0].name.split("-")[1] if found else "missing"
+
+
+FRONTENDS = [
+    pytest.param(None, id=f"pinned-{_frontend_version(None)}"),
+    pytest.param(NEWEST_FRONTEND, id=f"newest-{_frontend_version(NEWEST_FRONTEND)}"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,24 +81,62 @@ def test_a_failing_workflow_reports_the_elite_message(server):
         run_prompt(url, prompt, timeout=300)
 
 
-def test_examples_load_in_the_real_frontend_and_convert_to_their_twins(server):
+def test_refusals_reach_the_user_over_http(server):
+    """The pack's messages arrive through the server: a missing mapper at validation (HTTP 400 with
+    the node's error) and a NaN λ, which JSON clients can send, from the node while executing."""
+    url, _ = server
+    prompt = with_tiny_models(json.loads(API_TWIN.read_text()), TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER)
+    missing = json.loads(json.dumps(prompt))
+    missing["13"]["inputs"]["mapper_name"] = "local_mapper.pt"
+    with pytest.raises(RuntimeError, match=r"ELITE mapper 'local_mapper.pt' was not found.*Put local_mapper.pt"):
+        run_prompt(url, missing, timeout=300)
+    prompt["8"]["inputs"]["strength"] = float("nan")
+    reply = requests.post(f"{url}/prompt", data=json.dumps({"prompt": prompt}),  # json.dumps writes NaN
+                          headers={"Content-Type": "application/json"}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    prompt_id = reply.json()["prompt_id"]
+    entry = wait_for_history(url, prompt_id)
+    (error,) = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert error["node_type"] == "ELITELocalAttnPatch"
+    assert "strength (λ) is NaN (not a number); it must be a number from 0.0 to 2.0" in error["exception_message"]
+
+
+def _skip_or_fail(reason: str):
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_examples_load_in_the_real_frontend_and_convert_to_their_twins(server, frontend):
     """ComfyUI's own frontend (headless Chromium) loads each shipped UI workflow without an error and
-    turns it into exactly the API-format twin the other tests execute."""
+    turns it into exactly the API-format twin the other tests execute: on the frontend this ComfyUI
+    pins and on the newest one, served by the same ComfyUI with --front-end-root."""
     chromium, node = shutil.which("chromium"), shutil.which("node")
     if not (chromium and node and (FRONTEND_MODULES / "playwright-core").is_dir()):
-        reason = "the frontend check needs Debian's chromium, node and playwright-core (make test installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    url, _ = server
-    files = [str(TESTS.parent / "example_workflows" / f"{name}.json") for name in EXAMPLES]
-    done = subprocess.run([node, str(TESTS / "frontend" / "load_workflows.js"), url, chromium, *files],
-                          env={**os.environ, "NODE_PATH": str(FRONTEND_MODULES)},
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    report = json.loads(done.stdout)
+        _skip_or_fail("the frontend check needs Debian's chromium, node and playwright-core (make test installs them)")
+    if frontend is None:
+        url, _ = server
+        report = _load_in_frontend(url, chromium, node)
+    else:
+        static = frontend / "comfyui_frontend_package" / "static"
+        if not (static / "index.html").is_file():
+            _skip_or_fail(f"the newest frontend is not installed at {frontend} (make test installs it)")
+        log_path = BASE_DIR / "server-newest-frontend.log"
+        with running_server(COMFY_DIR, BASE_DIR, log_path, extra_args=["--front-end-root", str(static)],
+                            timeout=180) as url:
+            report = _load_in_frontend(url, chromium, node)
     for name in EXAMPLES:
         assert report[name]["errors"] == [], name
         built = {key: {"class_type": node["class_type"], "inputs": node["inputs"]}
                  for key, node in report[name]["output"].items()}
         assert built == json.loads((TESTS / "api_workflows" / f"{name}.json").read_text()), name
+
+
+def _load_in_frontend(url: str, chromium: str, node: str) -> dict:
+    files = [str(TESTS.parent / "example_workflows" / f"{name}.json") for name in EXAMPLES]
+    done = subprocess.run([node, str(TESTS / "frontend" / "load_workflows.js"), url, chromium, *files],
+                          env={**os.environ, "NODE_PATH": str(FRONTEND_MODULES)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout)

@@ -4,9 +4,23 @@ It lets whole ELITE workflows run through a real ComfyUI without any model file.
 produces are noise: nothing here is a trained model.
 """
 
+import functools
+
 from .tiny_models import build_tiny_clip, build_tiny_clip_vision, build_tiny_sd15_model, build_tiny_vae
 
 LABEL = "RANDOM weights, tests/demo only"
+
+
+# Built once per process and shared by every prompt, like a real checkpoint kept loaded between
+# queue runs: a node that changed a model it was given would change the next prompt's image too.
+@functools.lru_cache(maxsize=4)
+def _tiny_checkpoint(seed: int, context_dim: int):
+    return build_tiny_sd15_model(seed, context_dim=context_dim), build_tiny_clip(seed + 1), build_tiny_vae(seed + 2)
+
+
+@functools.lru_cache(maxsize=4)
+def _tiny_clip_vision(seed: int):
+    return build_tiny_clip_vision(seed)
 
 
 class TinySD15Loader:
@@ -17,10 +31,14 @@ class TinySD15Loader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+        return {
+            "required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})},
+            # 1024: a UNet whose cross-attention takes 1024-wide text, as SD2 does (not SD1.x).
+            "optional": {"context_dim": ("INT", {"default": 768, "min": 8, "max": 4096})},
+        }
 
-    def load(self, seed):
-        return (build_tiny_sd15_model(seed), build_tiny_clip(seed + 1), build_tiny_vae(seed + 2))
+    def load(self, seed, context_dim=768):
+        return _tiny_checkpoint(seed, context_dim)
 
 
 class TinyCLIPVisionLoader:
@@ -34,14 +52,44 @@ class TinyCLIPVisionLoader:
         return {"required": {"seed": ("INT", {"default": 3, "min": 0, "max": 2**31 - 1})}}
 
     def load(self, seed):
-        return (build_tiny_clip_vision(seed),)
+        return (_tiny_clip_vision(seed),)
+
+
+class SyntheticImage:
+    """A seeded noise IMAGE of any size, 0x0 included, optionally with NaN or inf pixels: the bad
+    inputs a broken upstream node could hand to ELITE, which Load Image cannot produce."""
+
+    CATEGORY = "ELITE/testing"
+    FUNCTION = "make"
+    RETURN_TYPES = ("IMAGE",)
+    DESCRIPTION = f"A synthetic IMAGE for tests ({LABEL})."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "width": ("INT", {"default": 64, "min": 0, "max": 4096}),
+            "height": ("INT", {"default": 64, "min": 0, "max": 4096}),
+            "defect": (["none", "nan", "inf"],),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+        }}
+
+    def make(self, width, height, defect, seed):
+        import torch
+
+        gen = torch.Generator().manual_seed(seed)
+        image = torch.randint(0, 256, (1, height, width, 3), generator=gen).float() / 255.0
+        if defect != "none" and image.numel():
+            image[0, 0, 0, 0] = float(defect)
+        return (image,)
 
 
 NODE_CLASS_MAPPINGS = {
+    "ELITETestSyntheticImage": SyntheticImage,
     "ELITETestTinySD15Loader": TinySD15Loader,
     "ELITETestTinyCLIPVisionLoader": TinyCLIPVisionLoader,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
+    "ELITETestSyntheticImage": f"Synthetic Image ({LABEL})",
     "ELITETestTinySD15Loader": f"Tiny SD1.5 ({LABEL})",
     "ELITETestTinyCLIPVisionLoader": f"Tiny CLIP Vision ({LABEL})",
 }

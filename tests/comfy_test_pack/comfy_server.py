@@ -58,14 +58,19 @@ def run_prompt(url: str, prompt: dict, timeout: float = 3600) -> dict:
     reply = requests.post(f"{url}/prompt", json={"prompt": prompt, "client_id": str(uuid.uuid4())}, timeout=60)
     if reply.status_code != 200:
         raise RuntimeError(f"ComfyUI refused the workflow: {reply.text}")
-    prompt_id = reply.json()["prompt_id"]
+    entry = wait_for_history(url, reply.json()["prompt_id"], timeout)
+    if entry["status"]["status_str"] != "success":
+        errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+        raise RuntimeError(f"The workflow failed: {errors[0]['exception_message'] if errors else entry['status']}")
+    return entry
+
+
+def wait_for_history(url: str, prompt_id: str, timeout: float = 3600) -> dict:
+    """The /history entry of a queued prompt once it has finished, successfully or not."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         entry = requests.get(f"{url}/history/{prompt_id}", timeout=30).json().get(prompt_id)
         if entry and entry["status"].get("completed") is not None:
-            if entry["status"]["status_str"] != "success":
-                errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
-                raise RuntimeError(f"The workflow failed: {errors[0]['exception_message'] if errors else entry['status']}")
             return entry
         time.sleep(0.5)
     raise RuntimeError(f"The workflow did not finish within {timeout} s.")
