@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from comfyui_elite.elite_core import comfy_adapter
-from comfyui_elite.elite_core.clip_input import mask_patch_grid, prepare_object_mask, squash_to_clip_input
+from comfyui_elite.elite_core.clip_input import mask_patch_grid, object_image, prepare_object_mask, squash_to_clip_input
 from comfyui_elite.nodes.nodes_encoder import ELITEEncoder
 from test_encoder import hooked_block_outputs
 from test_mappers import reference_mlp
@@ -110,3 +110,23 @@ def test_mask_without_local_mapper_is_reported(tiny_clip_vision, global_mapper, 
     concept = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, None, object_mask)
     assert concept.local is None
     assert "connect a local mapper" in caplog.text
+
+
+def test_whole_and_object_image_share_one_clip_forward_with_the_same_numbers(
+        tiny_clip_vision, global_mapper, local_mapper, concept_image, object_mask, monkeypatch):
+    """Global + local runs CLIP vision once (whole image and object image as one batch), and gives
+    exactly the words and tokens of two separate forwards."""
+    alone = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image)
+    binary = prepare_object_mask(object_mask, concept_image, invert=False)
+    object_features = comfy_adapter.clip_vision_features(tiny_clip_vision, object_image(concept_image, binary), 64)
+    with torch.no_grad():
+        separate_tokens = local_mapper.module(object_features) * mask_patch_grid(binary)
+
+    batches = []
+    forward = tiny_clip_vision.model.forward
+    monkeypatch.setattr(tiny_clip_vision.model, "forward",
+                        lambda *a, **kw: batches.append(kw["pixel_values"].shape[0]) or forward(*a, **kw))
+    both = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, object_mask)
+    assert batches == [2]
+    assert torch.equal(both.words, alone.words)
+    assert torch.equal(both.local.tokens, separate_tokens)
