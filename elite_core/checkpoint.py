@@ -38,7 +38,11 @@ _EXPECTED_LAYOUT = (
     "for the 16 SD1.x cross-attention layers (e.g. "
     "'down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.weight')"
 )
-_FETCH_AGAIN = "The download or copy did not finish, or the file was damaged: fetch it again into models/elite/."
+MODELS_SUBFOLDER = "models/elite/"
+
+
+def _fetch_again(folder: str) -> str:
+    return f"The download or copy did not finish, or the file was damaged: fetch it again into {folder}."
 
 
 class MapperFormatError(ValueError):
@@ -48,15 +52,17 @@ class MapperFormatError(ValueError):
 # --------------------------------------------------------------------------- reading
 
 
-def _safetensors_metadata(path: str, name: str, size: int) -> dict[str, str]:
-    """Check that a safetensors file is complete and return its metadata (without loading tensors)."""
+def safetensors_metadata(path: str, folder: str = MODELS_SUBFOLDER) -> dict[str, str]:
+    """Check that a safetensors file is complete and return its metadata (without loading tensors).
+    ``folder`` is where the message tells the user to put a fresh copy."""
+    name, size = os.path.basename(path), os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
         header_len = int.from_bytes(head, "little") if len(head) == 8 else None
         if header_len is None or header_len > size - 8:
             raise MapperFormatError(
                 f"'{name}' is truncated or not a safetensors file: it has {size:,} bytes, fewer than its "
-                f"header needs. {_FETCH_AGAIN}"
+                f"header needs. {_fetch_again(folder)}"
             )
         try:
             header = json.loads(f.read(header_len))
@@ -66,7 +72,7 @@ def _safetensors_metadata(path: str, name: str, size: int) -> dict[str, str]:
     needed = 8 + header_len + max(ends, default=0)
     if needed > size:
         raise MapperFormatError(
-            f"'{name}' is truncated: it has {size:,} bytes of the {needed:,} its header declares. {_FETCH_AGAIN}"
+            f"'{name}' is truncated: it has {size:,} bytes of the {needed:,} its header declares. {_fetch_again(folder)}"
         )
     return dict(header.get("__metadata__") or {})
 
@@ -74,29 +80,30 @@ def _safetensors_metadata(path: str, name: str, size: int) -> dict[str, str]:
 _REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
-def _pickle_error(name: str, path: str, exc: Exception) -> MapperFormatError:
-    """What a failed weights-only torch.load means for the user."""
+def describe_pickle_error(path: str, exc: Exception, what: str = "ELITE mappers",
+                          folder: str = MODELS_SUBFOLDER) -> str:
+    """What a failed weights-only torch.load of ``path`` means for the user."""
+    name = os.path.basename(path)
     text = str(exc)
     refused = _REFUSED_GLOBAL.search(text)
     if refused:
-        return MapperFormatError(
+        return (
             f"'{name}' was refused: it needs the Python object '{refused.group(1)}', which a weights-only "
-            "load does not allow. ELITE mappers contain only tensors; a file that needs arbitrary Python "
-            "objects is refused for safety. Use the official global_mapper.pt / local_mapper.pt or a "
-            ".safetensors file."
+            f"load does not allow. {what} contain only tensors; a file that needs arbitrary Python "
+            "objects is refused for safety. Use the official files or a .safetensors file."
         )
     with open(path, "rb") as f:
         magic = f.read(4)
     damaged_zip = magic == b"PK\x03\x04" and not zipfile.is_zipfile(path)
     if damaged_zip or isinstance(exc, EOFError) or "truncated" in text or "failed finding central directory" in text:
-        return MapperFormatError(
+        return (
             f"'{name}' is truncated or damaged: it is not a complete torch checkpoint "
-            f"({os.path.getsize(path):,} bytes). {_FETCH_AGAIN}"
+            f"({os.path.getsize(path):,} bytes). {_fetch_again(folder)}"
         )
     first_line = text.splitlines()[0] if text else ""
-    return MapperFormatError(
+    return (
         f"Could not read '{name}' as a weights-only torch checkpoint ({exc.__class__.__name__}: {first_line}). "
-        "ELITE mappers are torch.save'd dicts of tensors or .safetensors files."
+        f"{what} are torch.save'd dicts of tensors or .safetensors files."
     )
 
 
@@ -108,11 +115,10 @@ def read_tensor_file_with_metadata(path: str) -> tuple[dict[str, torch.Tensor], 
         raise MapperFormatError(
             f"'{name}' has the extension '{ext}'; ELITE mappers are read from {', '.join(MAPPER_EXTENSIONS)}."
         )
-    size = os.path.getsize(path)
-    if size == 0:
-        raise MapperFormatError(f"'{name}' is empty (0 bytes). {_FETCH_AGAIN}")
+    if os.path.getsize(path) == 0:
+        raise MapperFormatError(f"'{name}' is empty (0 bytes). {_fetch_again(MODELS_SUBFOLDER)}")
     if ext in SAFETENSORS_EXTENSIONS:
-        metadata = _safetensors_metadata(path, name, size)
+        metadata = safetensors_metadata(path)
         try:
             return load_file(path, device="cpu"), metadata
         except Exception as exc:  # safetensors raises its own error types
@@ -120,7 +126,7 @@ def read_tensor_file_with_metadata(path: str) -> tuple[dict[str, torch.Tensor], 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError) as exc:
-        raise _pickle_error(name, path, exc) from exc
+        raise MapperFormatError(describe_pickle_error(path, exc)) from exc
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -247,7 +253,7 @@ def read_mapper_kind(path: str) -> str | None:
     """The kind recorded in a safetensors mapper's metadata, or None (torch pickles, older files)."""
     if os.path.splitext(path)[1].lower() not in SAFETENSORS_EXTENSIONS:
         return None
-    return _safetensors_metadata(path, os.path.basename(path), os.path.getsize(path)).get(KIND_METADATA_KEY)
+    return safetensors_metadata(path).get(KIND_METADATA_KEY)
 
 
 # --------------------------------------------------------------------------- writing

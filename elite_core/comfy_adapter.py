@@ -41,12 +41,32 @@ MODEL_FOLDER = "elite"
 # --------------------------------------------------------------------------- model folder
 
 
+def register_folder(folder: str, extensions) -> None:
+    """Register ``models/<folder>`` (plus any ``<folder>:`` paths from extra_model_paths.yaml),
+    listing only files with ``extensions``."""
+    folder_paths.add_model_folder_path(folder, os.path.join(folder_paths.models_dir, folder), is_default=True)
+    paths = folder_paths.folder_names_and_paths[folder][0]
+    folder_paths.folder_names_and_paths[folder] = (paths, set(extensions))
+
+
 def register_model_folder() -> None:
-    """Register ``models/elite`` (plus any ``elite:`` paths from extra_model_paths.yaml)."""
-    default = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
-    folder_paths.add_model_folder_path(MODEL_FOLDER, default, is_default=True)
-    paths = folder_paths.folder_names_and_paths[MODEL_FOLDER][0]
-    folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, set(MAPPER_EXTENSIONS))
+    """Register ``models/elite`` for the mapper files."""
+    register_folder(MODEL_FOLDER, MAPPER_EXTENSIONS)
+
+
+def missing_file_message(folder: str, name, what: str, put: str) -> str | None:
+    """Why ``name`` cannot be found in models/<folder> (where it was looked for, what is there, where
+    to put ``put``), or None when it exists. Loader nodes return this from ``validate_inputs``, so
+    the user sees it before anything runs, on ComfyUI versions that check combo values and on
+    those that do not."""
+    if isinstance(name, str) and folder_paths.get_full_path(folder, name) is not None:
+        return None
+    folders = folder_paths.get_folder_paths(folder)
+    seen = folder_paths.get_filename_list(folder)
+    return (
+        f"{what} {name!r} was not found. Searched: {', '.join(folders) or '(no folders)'}. "
+        f"Files there: {', '.join(seen) if seen else 'none'}. Put {put} into models/{folder}/ and pick it in the loader."
+    )
 
 
 def mapper_file_names() -> list[str]:
@@ -54,18 +74,7 @@ def mapper_file_names() -> list[str]:
 
 
 def missing_mapper_message(name, kind: str) -> str | None:
-    """Why mapper file ``name`` cannot be found (where it was looked for, what is there, where to put
-    it), or None when it exists. Loader nodes return this from ``validate_inputs``, so the user sees
-    it before anything runs, on ComfyUI versions that check combo values and on those that do not."""
-    if isinstance(name, str) and folder_paths.get_full_path(MODEL_FOLDER, name) is not None:
-        return None
-    folders = folder_paths.get_folder_paths(MODEL_FOLDER)
-    seen = mapper_file_names()
-    return (
-        f"ELITE mapper {name!r} was not found. Searched: {', '.join(folders) or '(no folders)'}. "
-        f"Files there: {', '.join(seen) if seen else 'none'}. Put {kind}_mapper.pt (or its "
-        f".safetensors conversion) into models/{MODEL_FOLDER}/ and pick it in the loader."
-    )
+    return missing_file_message(MODEL_FOLDER, name, "ELITE mapper", f"{kind}_mapper.pt (or its .safetensors conversion)")
 
 
 def resolve_mapper_path(name: str, kind: str) -> str:
