@@ -7,3 +7,6 @@ LocalMapperType = io.Custom("ELITE_LOCAL_MAPPER")
 ConceptType = io.Custom("ELITE_CONCEPT")
 
 CATEGORY = "ELITE"
+
+CatVersionType = io.Custom("CATVERSION_ADAPTER")
+CATVERSION_CATEGORY = "ELITE/CatVersion"

@@ -70,6 +70,17 @@ save_mapper_safetensors(_GLOBAL_STATE, str(ELITE_MODELS / TINY_GLOBAL_MAPPER), k
 torch.save(_GLOBAL_STATE, str(ELITE_MODELS / TINY_GLOBAL_MAPPER_PT))
 _LOCAL_STATE = tiny_models.tiny_mapper_state_dict(seed=11)
 save_mapper_safetensors(_LOCAL_STATE, str(ELITE_MODELS / TINY_LOCAL_MAPPER), kind="local")
+# The authors' CatVersion adapters (../shared, CI has it): as a user would place them in models/catversion.
+SHARED_DIR = REPO.parent / "shared"
+CATVERSION_DATA = SHARED_DIR / "data" / "catversion"
+CATVERSION_MODELS = BASE_DIR / "models" / "catversion"
+CATVERSION_CONCEPTS = ("teddybear", "colorful_teapot")
+CATVERSION_MODELS.mkdir(parents=True)
+if CATVERSION_DATA.is_dir():
+    for _concept in CATVERSION_CONCEPTS:
+        shutil.copyfile(CATVERSION_DATA / _concept / "pytorch_adapter.bin", CATVERSION_MODELS / f"{_concept}.bin")
+        shutil.copyfile(CATVERSION_DATA / _concept / f"catversion_{_concept}.safetensors",
+                        CATVERSION_MODELS / f"{_concept}.safetensors")
 CONCEPT_IMAGE = "elite_concept.png"
 (BASE_DIR / "input").mkdir(exist_ok=True)
 from elite_test_pack.workflows import write_concept_image  # noqa: E402
@@ -146,6 +157,14 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_clip():
     return tiny_models.build_tiny_clip(seed=1)
+
+
+@pytest.fixture(scope="session")
+def catversion_data() -> Path:
+    """The authors' adapters in models/catversion; the tests that need them skip without ../shared."""
+    if not CATVERSION_DATA.is_dir():
+        pytest.skip(f"needs the official CatVersion adapters in {CATVERSION_DATA} (../shared)")
+    return CATVERSION_MODELS
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,9 @@ LABEL = "RANDOM weights, tests/demo only"
 # Built once per process and shared by every prompt, like a real checkpoint kept loaded between
 # queue runs: a node that changed a model it was given would change the next prompt's image too.
 @functools.lru_cache(maxsize=4)
-def _tiny_checkpoint(seed: int, context_dim: int):
-    return build_tiny_sd15_model(seed, context_dim=context_dim), build_tiny_clip(seed + 1), build_tiny_vae(seed + 2)
+def _tiny_checkpoint(seed: int, context_dim: int, real_size_clip: bool):
+    return (build_tiny_sd15_model(seed, context_dim=context_dim), build_tiny_clip(seed + 1, real_size=real_size_clip),
+            build_tiny_vae(seed + 2))
 
 
 @functools.lru_cache(maxsize=4)
@@ -34,11 +35,15 @@ class TinySD15Loader:
         return {
             "required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})},
             # 1024: a UNet whose cross-attention takes 1024-wide text, as SD2 does (not SD1.x).
-            "optional": {"context_dim": ("INT", {"default": 768, "min": 8, "max": 4096})},
+            "optional": {
+                "context_dim": ("INT", {"default": 768, "min": 8, "max": 4096}),
+                # The real CLIP-L text encoder (12 layers, 12 heads), as CatVersion needs.
+                "real_size_clip": ("BOOLEAN", {"default": False}),
+            },
         }
 
-    def load(self, seed, context_dim=768):
-        return _tiny_checkpoint(seed, context_dim)
+    def load(self, seed, context_dim=768, real_size_clip=False):
+        return _tiny_checkpoint(seed, context_dim, real_size_clip)
 
 
 class TinyCLIPVisionLoader:

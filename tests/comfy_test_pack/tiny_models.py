@@ -2,7 +2,7 @@
 
 * UNet: the SD1.5 block topology and state-dict keys (16 attn2 sites, context 768) at
   model_channels 32 instead of 320.
-* CLIP text: ComfyUI's SD1 CLIP with its real tokenizer, width 768, two layers.
+* CLIP text: ComfyUI's SD1 CLIP with its real tokenizer, width 768, two layers (or the real 12).
 * VAE: the SD VAE layout at 32 channels (8x down/up-scaling, 4 latent channels).
 * CLIP vision: the ViT-L/14 layer count and token count (24 layers, 257 tokens at 224 px), width 64.
 * ELITE mappers: the official key names at widths 64 -> 64 -> 768 with K/V widths 32/64/128.
@@ -65,7 +65,12 @@ def build_tiny_sd15_model(seed: int = 0, dtype: torch.dtype = torch.float32, **u
     return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
-def build_tiny_clip(seed: int = 1):
+TINY_CLIP_TEXT = {"num_hidden_layers": 2, "intermediate_size": 256, "num_attention_heads": 4}
+
+
+def build_tiny_clip(seed: int = 1, real_size: bool = False, std: float = 0.02):
+    """ComfyUI's SD1 CLIP with its real tokenizer: two small layers, or (``real_size``) the real
+    CLIP-L text encoder (12 layers, 768 wide, 12 heads, MLP 3072) with random weights."""
     import comfy.sd
     import comfy.sd1_clip
     import comfy.supported_models_base
@@ -75,10 +80,10 @@ def build_tiny_clip(seed: int = 1):
         target,
         model_options={
             "dtype": torch.float32,
-            "clip_l_model_config": {"num_hidden_layers": 2, "intermediate_size": 256, "num_attention_heads": 4},
+            "clip_l_model_config": {} if real_size else dict(TINY_CLIP_TEXT),
         },
     )
-    seeded_init_(clip.cond_stage_model, seed)
+    seeded_init_(clip.cond_stage_model, seed, std=std)
     return clip
 
 
