@@ -27,6 +27,8 @@ OUTPUTS = {
     "KSampler": [("LATENT", "LATENT")],
     "VAEDecode": [("IMAGE", "IMAGE")],
     "SaveImage": [],
+    "CatVersionLoader": [("catversion", "CATVERSION_ADAPTER")],
+    "CatVersionApply": [("CLIP", "CLIP")],
 }
 
 
@@ -36,6 +38,7 @@ SIZES = {
     "ELITELocalMapperLoader": [360, 60], "LoadImage": [360, 340], "ELITEEncoder": [360, 140],
     "ELITEConditioning": [400, 200], "CLIPTextEncode": [400, 150], "ELITELocalAttnPatch": [360, 180],
     "EmptyLatentImage": [320, 110], "KSampler": [320, 270], "VAEDecode": [200, 50], "SaveImage": [400, 420],
+    "CatVersionLoader": [360, 60], "CatVersionApply": [360, 100],
 }
 
 
@@ -79,6 +82,27 @@ def local_workflow() -> list[dict]:
     return nodes
 
 
+def catversion_workflow() -> list[dict]:
+    """The authors' teddybear adapter: prefixed CLIP for the prompt, the plain CLIP for the negative
+    (the authors' unconditional embedding), DDIM 50 steps with uniform timesteps, CFG 10."""
+    return [
+        dict(id=1, type="CheckpointLoaderSimple", pos=[40, 60], widgets=["v1-5-pruned-emaonly.safetensors"]),
+        dict(id=2, type="CatVersionLoader", pos=[40, 220], title="CatVersion adapter (models/catversion)",
+             widgets=["teddybear.bin"]),
+        dict(id=3, type="CatVersionApply", pos=[460, 60], inputs=[("clip", 1, 1), ("catversion", 2, 0)], widgets=[1.0]),
+        dict(id=4, type="CLIPTextEncode", pos=[880, 60], title="Prompt (the concept's class word)",
+             inputs=[("clip", 3, 0)], widgets=["teddybear on the beach"]),
+        dict(id=5, type="CLIPTextEncode", pos=[880, 280], title="Negative prompt (original CLIP, no prefix)",
+             inputs=[("clip", 1, 1)], widgets=[""]),
+        dict(id=6, type="EmptyLatentImage", pos=[880, 500], widgets=[512, 512, 1]),
+        dict(id=7, type="KSampler", pos=[1340, 60],
+             inputs=[("model", 1, 0), ("positive", 4, 0), ("negative", 5, 0), ("latent_image", 6, 0)],
+             widgets=[23, "fixed", 50, 10.0, "ddim", "ddim_uniform", 1.0]),
+        dict(id=8, type="VAEDecode", pos=[1720, 60], inputs=[("samples", 7, 0), ("vae", 1, 2)]),
+        dict(id=9, type="SaveImage", pos=[1980, 60], inputs=[("images", 8, 0)], widgets=["CatVersion"]),
+    ]
+
+
 def to_ui(nodes: list[dict]) -> dict:
     types = {node["id"]: node["type"] for node in nodes}
 
@@ -119,7 +143,8 @@ def to_ui(nodes: list[dict]) -> dict:
 
 
 def main() -> None:
-    for name, nodes in (("elite_global", global_workflow()), ("elite_global_local", local_workflow())):
+    for name, nodes in (("elite_global", global_workflow()), ("elite_global_local", local_workflow()),
+                        ("catversion_teddybear", catversion_workflow())):
         path = REPO / "example_workflows" / f"{name}.json"
         path.write_text(json.dumps(to_ui(nodes), indent=1) + "\n")
 

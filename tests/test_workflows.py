@@ -12,10 +12,19 @@ import pytest
 from PIL import Image
 
 from conftest import BASE_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
-from elite_test_pack.workflows import ui_to_api, with_tiny_models
+from elite_test_pack.workflows import save_node_id, ui_to_api, with_tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = ["elite_global", "elite_global_local"]
+EXAMPLES = ["elite_global", "elite_global_local", "catversion_teddybear"]
+# The node types each example shows off; CatVersion examples load the authors' adapters (../shared).
+EXAMPLE_NODES = {
+    "elite": {"ELITEGlobalMapperLoader", "ELITEEncoder", "ELITEConditioning", "ELITELocalAttnPatch"},
+    "catversion": {"CatVersionLoader", "CatVersionApply"},
+}
+
+
+def needs_shared_data(name: str) -> bool:
+    return name.startswith("catversion")
 
 
 def tiny_prompt(name: str) -> dict:
@@ -63,7 +72,7 @@ def test_example_is_ui_format_with_known_nodes(name):
     workflow = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
     assert {"nodes", "links", "version"} <= workflow.keys()
     types = {node["type"] for node in workflow["nodes"]}
-    assert {"ELITEGlobalMapperLoader", "ELITEEncoder", "ELITEConditioning", "ELITELocalAttnPatch"} <= types
+    assert EXAMPLE_NODES[name.split("_")[0]] <= types
     assert all(t in nodes.NODE_CLASS_MAPPINGS for t in types)
 
 
@@ -79,10 +88,13 @@ def test_api_twin_is_the_conversion_of_the_ui_example(name):
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
-def test_example_runs_in_process_and_saves_an_image(name):
-    executor = run_prompt(tiny_prompt(name))
+def test_example_runs_in_process_and_saves_an_image(name, request):
+    if needs_shared_data(name):
+        request.getfixturevalue("catversion_data")
+    prompt = tiny_prompt(name)
+    executor = run_prompt(prompt)
     assert executor.success, [m for m in executor.status_messages if m[0] == "execution_error"]
-    (image_info,) = executor.history_result["outputs"]["12"]["images"]
+    (image_info,) = executor.history_result["outputs"][save_node_id(prompt)]["images"]
     path = BASE_DIR / "output" / image_info["subfolder"] / image_info["filename"]
     pixels = np.asarray(Image.open(path))
     assert pixels.shape == (64, 64, 3)

@@ -54,10 +54,13 @@ def with_tiny_models(prompt: dict, mapper_name: str, local_mapper_name: str | No
                      size: int = 64, steps: int = 3) -> dict:
     """The same workflow on tiny RANDOM models: loaders swapped, small latent, few steps."""
     prompt = copy.deepcopy(prompt)
+    catversion = any(node["class_type"] == "CatVersionApply" for node in prompt.values())
     for node in prompt.values():
         kind = node["class_type"]
         if kind in TINY_LOADERS:
             node["class_type"], node["inputs"] = TINY_LOADERS[kind][0], dict(TINY_LOADERS[kind][1])
+            if catversion and kind == "CheckpointLoaderSimple":
+                node["inputs"]["real_size_clip"] = True  # CatVersion needs the real CLIP-L text layout
         elif kind == "ELITEGlobalMapperLoader":
             node["inputs"]["mapper_name"] = mapper_name
         elif kind == "ELITELocalMapperLoader":
@@ -69,6 +72,12 @@ def with_tiny_models(prompt: dict, mapper_name: str, local_mapper_name: str | No
         elif kind == "SaveImage":
             node["inputs"]["filename_prefix"] = "ELITE_RANDOM_WEIGHTS"
     return prompt
+
+
+def save_node_id(prompt: dict) -> str:
+    """The id of the workflow's (only) Save Image node."""
+    (node_id,) = [key for key, node in prompt.items() if node["class_type"] == "SaveImage"]
+    return node_id
 
 
 def write_concept_image(path: str, size: int = 256) -> None:
