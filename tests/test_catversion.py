@@ -166,14 +166,24 @@ def test_clip_set_last_layer_cuts_prefixes_and_warns(clip_l, catversion_data, ca
     torch.testing.assert_close(cond[0], expected[0], atol=1e-5, rtol=0)
 
 
-def test_weight_patches_on_the_prefixed_layers_still_apply(clip_l, catversion_data):
-    """A LoRA-style weight patch on a prefixed layer's k_proj acts through the CatVersion wrapper."""
+@pytest.mark.parametrize("lora_first", [True, False], ids=["lora-then-catversion", "catversion-then-lora"])
+def test_weight_patches_on_the_prefixed_layers_still_apply(clip_l, catversion_data, lora_first):
+    """A LoRA-style weight patch on a prefixed layer's k_proj acts through the CatVersion wrapper,
+    whether the LoRA is applied before or after CatVersion Apply."""
     key = f"{TEXT_LAYERS}.10.self_attn.k_proj.weight"
     delta = 0.05 * torch.randn(768, 768, generator=torch.Generator().manual_seed(3))
-    lora = clip_l.clone()
-    lora.add_patches({key: ("diff", (delta,))}, 1.0)
     (adapter,) = CatVersionLoader.execute("teddybear.bin").result
-    cond = encode(CatVersionApply.execute(lora, adapter, 1.0).result[0], PROMPTS[0])
+
+    def with_lora(clip):
+        clip = clip.clone()
+        clip.add_patches({key: ("diff", (delta,))}, 1.0)
+        return clip
+
+    if lora_first:
+        patched = CatVersionApply.execute(with_lora(clip_l), adapter, 1.0).result[0]
+    else:
+        patched = with_lora(CatVersionApply.execute(clip_l, adapter, 1.0).result[0])
+    cond = encode(patched, PROMPTS[0])
     state = dict(clip_state(clip_l))
     state[key] = state[key] + delta
     expected, _ = reference_text_encoder(state, token_ids(clip_l, PROMPTS[0]), reference_prefixes(("teddybear", 1.0)))
