@@ -23,7 +23,7 @@ from .local_attention import AttentionFn, local_term, placeholder_selection
 COND = 0  # cond_or_uncond entry of a positive-prompt chunk
 
 
-class _LazyTensors:
+class LazyTensors:
     """CPU tensors with per-(device, dtype) copies made on first use."""
 
     def __init__(self, make: Callable[[torch.device, torch.dtype], tuple[torch.Tensor, ...]]):
@@ -52,7 +52,7 @@ class PlaceholderProbe(_SharedPatch):
         self.key = key
         self._models = list(models)
         cpu = fingerprints.detach().float().cpu()
-        self._fingerprints = _LazyTensors(lambda device, dtype: (cpu.to(device, dtype),))
+        self._fingerprints = LazyTensors(lambda device, dtype: (cpu.to(device, dtype),))
 
     def __call__(self, n, context, value, extra_options):
         (fingerprints,) = self._fingerprints.get(context.device, context.dtype)
@@ -98,7 +98,7 @@ class ELITEAttn2Replace(_SharedPatch):
                 torch.matmul(e, weight_v().to(device, dtype).transpose(0, 1)),
             )
 
-        self._local_kv = _LazyTensors(project)
+        self._local_kv = LazyTensors(project)
 
     def _base(self, q, k, v, extra_options):
         if self.previous is not None:

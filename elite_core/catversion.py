@@ -161,6 +161,16 @@ def _layers_from_official_keys(state: dict[str, torch.Tensor], name: str) -> tup
     return tuple(layers), first
 
 
+def _official_prefix(state: dict[str, torch.Tensor], name: str) -> CatVersionPrefix:
+    """The prefix held by the authors' flat ``control_trans`` keys (from a .bin or a copy in safetensors)."""
+    layers, flat = _layers_from_official_keys(state, name)
+    try:
+        keys, values = prefixes_from_flat(flat.float(), len(layers))
+    except CatVersionFormatError as exc:
+        raise CatVersionFormatError(f"'{name}': {exc}") from None
+    return CatVersionPrefix(layers=layers, keys=keys, values=values, name=name)
+
+
 def read_official_adapter(path: str) -> CatVersionPrefix:
     """The authors' ``pytorch_adapter.bin`` (weights-only load; layers from the key names)."""
     name = os.path.basename(path)
@@ -170,12 +180,7 @@ def read_official_adapter(path: str) -> CatVersionPrefix:
         raise CatVersionFormatError(describe_pickle_error(path, exc, "CatVersion adapters", FOLDER)) from exc
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise CatVersionFormatError(f"'{name}' holds a {type(state).__name__}, not a dict of tensors; {_EXPECTED}.")
-    layers, flat = _layers_from_official_keys(state, name)
-    try:
-        keys, values = prefixes_from_flat(flat.float(), len(layers))
-    except CatVersionFormatError as exc:
-        raise CatVersionFormatError(f"'{name}': {exc}") from None
-    return CatVersionPrefix(layers=layers, keys=keys, values=values, name=name)
+    return _official_prefix(state, name)
 
 
 def read_catversion_safetensors(path: str) -> CatVersionPrefix:
@@ -185,9 +190,7 @@ def read_catversion_safetensors(path: str) -> CatVersionPrefix:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
     if metadata.get("format") != SAFETENSORS_FORMAT:
         if any(key.endswith(_FLAT_SUFFIX) for key in tensors):
-            layers, flat = _layers_from_official_keys(tensors, name)
-            keys, values = prefixes_from_flat(flat.float(), len(layers))
-            return CatVersionPrefix(layers=layers, keys=keys, values=values, name=name)
+            return _official_prefix(tensors, name)
         raise CatVersionFormatError(
             f"'{name}' is not a CatVersion adapter: its format is {metadata.get('format', 'not recorded')!r} and "
             f"it holds {len(tensors)} tensors (e.g. {next(iter(tensors), 'none')}); {_EXPECTED}."

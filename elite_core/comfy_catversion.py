@@ -16,6 +16,7 @@ import torch
 import comfy.utils
 import folder_paths
 
+from .attn2_patches import LazyTensors
 from .catversion import (
     CATVERSION_EXTENSIONS,
     NUM_HEADS,
@@ -71,21 +72,16 @@ class PrefixedSelfAttention(torch.nn.Module):
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = base.q_proj, base.k_proj, base.v_proj, base.out_proj
         self.base = [base]  # the unwrapped module (in a list: not a submodule, its weights are ours)
         self.prefix = (keys.detach().float().cpu(), values.detach().float().cpu(), biases.detach().float().cpu())
-        self._cache: dict = {}
+        self._on_device = LazyTensors(lambda device, dtype: tuple(t.to(device, dtype) for t in self.prefix))
 
     def stacked_with(self, keys: torch.Tensor, values: torch.Tensor, biases: torch.Tensor) -> "PrefixedSelfAttention":
         """A new wrapper of the same layer with this one's prefix rows followed by more."""
         k, v, b = self.prefix
         return PrefixedSelfAttention(self.base[0], torch.cat([k, keys]), torch.cat([v, values]), torch.cat([b, biases]))
 
-    def _prefix_on(self, device, dtype):
-        if (device, dtype) not in self._cache:
-            self._cache[(device, dtype)] = tuple(t.to(device, dtype) for t in self.prefix)
-        return self._cache[(device, dtype)]
-
     def forward(self, x, mask=None, optimized_attention=None):
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        k_prefix, v_prefix, biases = self._prefix_on(q.device, q.dtype)
+        k_prefix, v_prefix, biases = self._on_device.get(q.device, q.dtype)
         out = prefixed_attention(q, k, v, self.heads, mask, k_prefix.unsqueeze(0), v_prefix.unsqueeze(0), biases,
                                  optimized_attention)
         return self.out_proj(out)
