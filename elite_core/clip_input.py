@@ -32,16 +32,21 @@ def image_to_uint8(image: torch.Tensor) -> np.ndarray:
     return (rgb * 255).round().to(torch.uint8).numpy()
 
 
-def squash_to_clip_input(image: torch.Tensor, size: int = CLIP_SIZE) -> torch.Tensor:
-    """IMAGE (B, H, W, C) -> normalised CLIP pixels (B, 3, size, size), PIL bicubic like the reference."""
+def squash_uint8(image: torch.Tensor, size: int) -> torch.Tensor:
+    """IMAGE (B, H, W, C) -> (B, 3, size, size) in [0, 1]: each frame squashed (no crop, aspect not
+    kept) with PIL's bicubic filter on its uint8 pixels, as the reference data loaders do."""
     pixels = []
     for frame in image_to_uint8(image):
         resized = Image.fromarray(frame, mode="RGB").resize((size, size), Image.BICUBIC)
         pixels.append(torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0))
-    batch = torch.stack(pixels).permute(0, 3, 1, 2)
+    return torch.stack(pixels).permute(0, 3, 1, 2)
+
+
+def squash_to_clip_input(image: torch.Tensor, size: int = CLIP_SIZE) -> torch.Tensor:
+    """IMAGE (B, H, W, C) -> normalised CLIP pixels (B, 3, size, size), PIL bicubic like the reference."""
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (batch - mean) / std
+    return (squash_uint8(image, size) - mean) / std
 
 
 def select_elite_layers(all_hidden: torch.Tensor) -> list[torch.Tensor]:

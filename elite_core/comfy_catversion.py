@@ -33,7 +33,8 @@ from .input_checks import ELITEInputError, check_number
 log = logging.getLogger("elite.catversion")
 
 MODEL_FOLDER = "catversion"
-_SELF_ATTN = "clip_l.transformer.text_model.encoder.layers.{}.self_attn"
+_TEXT_LAYER = "clip_l.transformer.text_model.encoder.layers.{}"
+_SELF_ATTN = _TEXT_LAYER + ".self_attn"
 
 
 def register_model_folder() -> None:
@@ -59,18 +60,36 @@ def load_adapter(name: str) -> CatVersionPrefix:
     return prefix
 
 
-class PrefixedSelfAttention(torch.nn.Module):
+class PrefixedAttentionBase(torch.nn.Module):
     """A CLIP text self-attention with key/value prefix rows (ComfyUI's CLIPAttention interface).
 
-    ``keys``/``values`` (P, 768) and ``biases`` (P,) are fp32 CPU tensors; copies in the compute
-    device and dtype are made on first use.
+    It reuses the wrapped layer's projection modules; subclasses say where the rows come from.
     """
 
-    def __init__(self, base: torch.nn.Module, keys: torch.Tensor, values: torch.Tensor, biases: torch.Tensor):
+    def __init__(self, base: torch.nn.Module):
         super().__init__()
         self.heads = base.heads
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = base.q_proj, base.k_proj, base.v_proj, base.out_proj
         self.base = [base]  # the unwrapped module (in a list: not a submodule, its weights are ours)
+
+    def rows(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(keys (P, 768), values (P, 768), logit biases (P,)) in ``device``/``dtype``."""
+        raise NotImplementedError
+
+    def forward(self, x, mask=None, optimized_attention=None):
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        k_prefix, v_prefix, biases = self.rows(q.device, q.dtype)
+        out = prefixed_attention(q, k, v, self.heads, mask, k_prefix.unsqueeze(0), v_prefix.unsqueeze(0), biases,
+                                 optimized_attention)
+        return self.out_proj(out)
+
+
+class PrefixedSelfAttention(PrefixedAttentionBase):
+    """Fixed prefix rows: ``keys``/``values`` (P, 768) and ``biases`` (P,) are kept as fp32 CPU
+    tensors; copies in the compute device and dtype are made on first use."""
+
+    def __init__(self, base: torch.nn.Module, keys: torch.Tensor, values: torch.Tensor, biases: torch.Tensor):
+        super().__init__(base)
         self.prefix = (keys.detach().float().cpu(), values.detach().float().cpu(), biases.detach().float().cpu())
         self._on_device = LazyTensors(lambda device, dtype: tuple(t.to(device, dtype) for t in self.prefix))
 
@@ -79,15 +98,27 @@ class PrefixedSelfAttention(torch.nn.Module):
         k, v, b = self.prefix
         return PrefixedSelfAttention(self.base[0], torch.cat([k, keys]), torch.cat([v, values]), torch.cat([b, biases]))
 
-    def forward(self, x, mask=None, optimized_attention=None):
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        k_prefix, v_prefix, biases = self._on_device.get(q.device, q.dtype)
-        out = prefixed_attention(q, k, v, self.heads, mask, k_prefix.unsqueeze(0), v_prefix.unsqueeze(0), biases,
-                                 optimized_attention)
-        return self.out_proj(out)
+    def rows(self, device, dtype):
+        return self._on_device.get(device, dtype)
 
 
-def _text_layers(clip) -> list[torch.nn.Module]:
+def text_layer_key(layer: int) -> str:
+    """The module path of text layer ``layer`` (0-based) in ComfyUI's SD1 CLIP."""
+    return _TEXT_LAYER.format(layer)
+
+
+def self_attention_key(layer: int) -> str:
+    """The object-patch key of text layer ``layer``'s self-attention in ComfyUI's SD1 CLIP."""
+    return _SELF_ATTN.format(layer)
+
+
+def unwrapped_self_attention(clip, layer: int) -> torch.nn.Module:
+    """Layer ``layer``'s own self-attention module, even while a prefixed clone is loaded."""
+    module = comfy.utils.get_attr(clip.cond_stage_model, self_attention_key(layer))
+    return module.base[0] if isinstance(module, PrefixedAttentionBase) else module
+
+
+def check_sd1_clip(clip) -> list[torch.nn.Module]:
     """The 12 self-attention modules of an SD1.x CLIP-L text encoder; refuse anything else."""
     tokens = clip.tokenize("a")
     if set(tokens.keys()) != {"l"}:
@@ -117,7 +148,7 @@ def apply_catversion(clip, prefix: CatVersionPrefix, strength: float = 1.0):
     softmax (several concepts). Strength 0 returns an unpatched clone.
     """
     strength = check_number("strength", strength, 0.0, 10.0)
-    _text_layers(clip)
+    check_sd1_clip(clip)
     patched = clip.clone()
     if strength == 0.0:
         return patched
@@ -128,10 +159,7 @@ def apply_catversion(clip, prefix: CatVersionPrefix, strength: float = 1.0):
         if isinstance(current, PrefixedSelfAttention):
             wrapper = current.stacked_with(prefix.keys[j], prefix.values[j], bias)
         else:
-            base = comfy.utils.get_attr(patched.cond_stage_model, key)
-            if isinstance(base, PrefixedSelfAttention):  # another clone's patch is in place right now
-                base = base.base[0]
-            wrapper = PrefixedSelfAttention(base, prefix.keys[j], prefix.values[j], bias)
+            wrapper = PrefixedSelfAttention(unwrapped_self_attention(patched, layer), prefix.keys[j], prefix.values[j], bias)
         patched.patcher.add_object_patch(key, wrapper)
     last = clip_last_layer(patched)
     cut = [layer for layer in prefix.layers if layer > last]

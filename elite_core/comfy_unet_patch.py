@@ -29,9 +29,9 @@ def _model_kind(model) -> str:
     return type(getattr(model.model, "model_config", model.model)).__name__
 
 
-def model_sd1_width(model) -> int:
+def model_sd1_width(model, method: str = "ELITE can patch") -> int:
     """The MODEL's UNet width (320 for SD1.x) read from its 16 attn2 K/V weights; refuse a MODEL
-    that is not an SD1.x UNet, naming the first weight that does not fit."""
+    that is not an SD1.x UNet, naming the first weight that does not fit (and ``method``)."""
     state = model.model_state_dict()
     rows = []
     for site in SD1_ATTN2_SITES:
@@ -45,14 +45,14 @@ def model_sd1_width(model) -> int:
             rows.append(wk.shape[0])
             continue
         raise ELITEInputError(
-            f"This MODEL ({_model_kind(model)}) is not a Stable Diffusion 1.x UNet that ELITE can patch: "
+            f"This MODEL ({_model_kind(model)}) is not a Stable Diffusion 1.x UNet that {method}: "
             f"{problem}. {_USE_SD1}"
         )
     base = sd1_base_width(rows)
     if base is None:
         site, found, expected = first_off_layout_site(rows)
         raise ELITEInputError(
-            f"This MODEL ({_model_kind(model)}) is not a Stable Diffusion 1.x UNet that ELITE can patch: "
+            f"This MODEL ({_model_kind(model)}) is not a Stable Diffusion 1.x UNet that {method}: "
             f"{site.comfy_to_k} has {found} rows where the SD1.x layout has {expected}. {_USE_SD1}"
         )
     return base

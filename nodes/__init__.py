@@ -1,7 +1,7 @@
 """ComfyUI node classes of the ELITE pack: thin schemas that call elite_core."""
 
 from .nodes_attn_patch import ELITELocalAttnPatch
-from .nodes_catversion import CatVersionApply, CatVersionLoader
+from .nodes_catversion import CatVersionApply, CatVersionLoader, CatVersionTrain
 from .nodes_conditioning import ELITEConditioning
 from .nodes_encoder import ELITEEncoder
 from .nodes_mapper_loader import ELITEGlobalMapperLoader, ELITELocalMapperLoader
@@ -14,4 +14,5 @@ ELITE_NODES = [
     ELITELocalAttnPatch,
     CatVersionLoader,
     CatVersionApply,
+    CatVersionTrain,
 ]

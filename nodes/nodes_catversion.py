@@ -1,8 +1,10 @@
-"""CatVersion nodes: load a concept adapter from models/catversion and apply it to an SD1.x CLIP."""
+"""CatVersion nodes: load a concept adapter from models/catversion, apply it to an SD1.x CLIP, and
+learn a new one from a few photos."""
 
 from comfy_api.latest import io
 
-from ..elite_core import comfy_catversion
+from ..elite_core import comfy_catversion, comfy_catversion_training
+from ..elite_core.catversion_training import CatVersionRecipe
 from .elite_types import CATVERSION_CATEGORY, CatVersionType
 
 
@@ -57,3 +59,62 @@ class CatVersionApply(io.ComfyNode):
     @classmethod
     def execute(cls, clip, catversion, strength=1.0) -> io.NodeOutput:
         return io.NodeOutput(comfy_catversion.apply_catversion(clip, catversion, strength))
+
+
+class CatVersionTrain(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        recipe = CatVersionRecipe()
+        return io.Schema(
+            node_id="CatVersionTrain",
+            display_name="CatVersion Train Concept",
+            category=CATVERSION_CATEGORY,
+            is_output_node=True,
+            description=(
+                "Learns a CatVersion adapter from 3-10 photos of one concept with the authors' recipe: only the "
+                "4,608-number prefix of CLIP text layers 9-11 is trained (AdamW, epsilon-MSE), the MODEL, CLIP and "
+                "VAE stay frozen. Saves models/catversion/<name>_<counter>.safetensors and returns the adapter. "
+                "The defaults are the paper's (1000 steps, batch 2, lr 0.01, 512 px): about 1000 UNet steps "
+                "forward and backward, so use a GPU. Interrupting saves the prefix so far under its own name."
+            ),
+            inputs=[
+                io.Image.Input("images", tooltip="3-10 photos of the concept as one IMAGE batch (e.g. Batch Images). "
+                                                 "Each is squashed to resolution x resolution, as in the paper."),
+                io.Model.Input("model", tooltip="The SD1.x MODEL (frozen)."),
+                io.Clip.Input("clip", tooltip="The SD1.x CLIP (frozen; the prefix is learned for its layers 9-11)."),
+                io.Vae.Input("vae", tooltip="The SD1.x VAE (frozen; encodes the photos)."),
+                io.String.Input("class_word", default="", tooltip=(
+                    "The training caption: the concept's class word (e.g. 'teddybear'), as the authors advise. "
+                    "Prompt with the same word afterwards. Empty = the authors' released code (empty caption).")),
+                io.String.Input("filename_prefix", default="catversion_concept",
+                                tooltip="Saved as models/catversion/<prefix>_00001.safetensors (never overwrites)."),
+                io.Int.Input("steps", default=recipe.steps, min=1, max=100000, tooltip="Optimizer steps (paper: 1000)."),
+                io.Float.Input("learning_rate", default=recipe.learning_rate, min=1e-6, max=1.0, step=0.0001,
+                               tooltip="AdamW learning rate (paper: 0.005 x batch 2 = 0.01)."),
+                io.Int.Input("batch_size", default=recipe.batch_size, min=1, max=64, tooltip="Images per step (paper: 2)."),
+                io.Int.Input("resolution", default=recipe.resolution, min=64, max=2048, step=64,
+                             tooltip="Training size in pixels (paper: 512)."),
+                io.Boolean.Input("random_flip", default=True, tooltip="Mirror each image with probability 0.5 (paper: on)."),
+                io.Int.Input("seed", default=recipe.seed, min=0, max=2**63 - 1,
+                             tooltip="Seeds the prefix init and every random draw: the same seed gives the same adapter."),
+            ],
+            outputs=[CatVersionType.Output(display_name="catversion")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, filename_prefix=None, **_) -> bool | str:
+        if filename_prefix is None:
+            return True
+        try:
+            comfy_catversion_training.check_filename_prefix(filename_prefix)
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def execute(cls, images, model, clip, vae, class_word, filename_prefix, steps, learning_rate, batch_size,
+                resolution, random_flip, seed) -> io.NodeOutput:
+        recipe = CatVersionRecipe(steps=steps, batch_size=batch_size, learning_rate=learning_rate, resolution=resolution,
+                                  flip_probability=0.5 if random_flip else 0.0, seed=seed, caption=class_word)
+        adapter = comfy_catversion_training.train_and_save(model, clip, vae, images, recipe, filename_prefix)
+        return io.NodeOutput(adapter)

@@ -52,15 +52,16 @@ def tiny_sd15_unet_config() -> dict:
     }
 
 
-def build_tiny_sd15_model(seed: int = 0, dtype: torch.dtype = torch.float32, **unet_overrides):
-    """A ModelPatcher around a tiny SD1.5-layout UNet; overrides (e.g. context_dim) change the config."""
+def build_tiny_sd15_model(seed: int = 0, dtype: torch.dtype = torch.float32, std: float = 0.05, **unet_overrides):
+    """A ModelPatcher around a tiny SD1.5-layout UNet; overrides (e.g. context_dim) change the config.
+    A larger ``std`` makes its output depend more on the text context."""
     import comfy.model_patcher
     import comfy.supported_models
 
     config = comfy.supported_models.SD15({**tiny_sd15_unet_config(), **unet_overrides})
     config.set_inference_dtype(dtype, None)
     base = config.get_model({}, "", device=torch.device("cpu"))
-    seeded_init_(base.diffusion_model, seed, std=0.05)
+    seeded_init_(base.diffusion_model, seed, std=std)
     base.eval()
     return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
