@@ -20,18 +20,27 @@ NEWEST_FRONTEND=1.58.1   # the newest comfyui-frontend-package on the package in
 mkdir -p "$CACHE"
 log() { echo "[bootstrap] $*" >&2; }
 
+# The test and training tools: re-installed into an existing venv whenever these files change.
+REQS_HASH=$(cat requirements-dev.txt requirements-train.txt | sha256sum | cut -c1-12)
+
 # make_venv VENV COMFY_DIR: torch pins, the ComfyUI tree's requirements and the test tools.
 make_venv() {
   local venv=$1 comfy=$2
-  if [ -f "$venv/.elite-stamp-$STAMP_VERSION" ]; then return; fi
-  log "creating venv at $venv (torch 2.14.1 + torchvision 0.29.1, requirements of $comfy)"
-  rm -rf "$venv"
-  "$PY" -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip
-  "$venv/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
-  "$venv/bin/pip" install -q -r "$comfy/requirements.txt" -r requirements-dev.txt \
-      torch==2.14.1 torchvision==0.29.1
-  touch "$venv/.elite-stamp-$STAMP_VERSION"
+  if [ ! -f "$venv/.elite-stamp-$STAMP_VERSION" ]; then
+    log "creating venv at $venv (torch 2.14.1 + torchvision 0.29.1, requirements of $comfy)"
+    rm -rf "$venv"
+    "$PY" -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
+    "$venv/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
+    "$venv/bin/pip" install -q -r "$comfy/requirements.txt" torch==2.14.1 torchvision==0.29.1
+    touch "$venv/.elite-stamp-$STAMP_VERSION"
+  fi
+  if [ ! -f "$venv/.elite-reqs-$REQS_HASH" ]; then
+    log "installing the test and training tools (requirements-dev.txt) into $venv"
+    "$venv/bin/pip" install -q -r requirements-dev.txt torch==2.14.1 torchvision==0.29.1
+    rm -f "$venv"/.elite-reqs-*
+    touch "$venv/.elite-reqs-$REQS_HASH"
+  fi
 }
 
 COMFY=$CACHE/comfyui

@@ -45,3 +45,15 @@ def test_the_pack_is_a_v3_extension_only():
     pack = next(m for name, m in sys.modules.items() if name == "comfyui_elite")
     assert callable(pack.comfy_entrypoint)
     assert not hasattr(pack, "NODE_CLASS_MAPPINGS")  # ComfyUI would take the V1 path first
+
+
+def test_training_code_stays_out_of_what_comfyui_imports():
+    """ComfyUI loads __init__.py, nodes/ and elite_core/: none of them may reach the command-line
+    trainers or their extra dependencies, so a Manager install needs nothing beyond ComfyUI."""
+    shipped = [REPO / "__init__.py", *(REPO / "nodes").glob("*.py"), *(REPO / "elite_core").glob("*.py")]
+    for path in shipped:
+        text = path.read_text()
+        assert not re.search(r"^\s*(from|import)\s+[.\w]*(elite_training|accelerate)\b", text, re.M), path
+    requirements = (REPO / "requirements.txt").read_text()
+    assert "accelerate" not in requirements
+    assert re.search(r"^accelerate\b", (REPO / "requirements-train.txt").read_text(), re.M)

@@ -1,0 +1,143 @@
+"""Learn a CatVersion concept from the command line, on one GPU or many (``accelerate``).
+
+    accelerate launch -m elite_training.catversion --checkpoint v1-5-pruned-emaonly.safetensors \\
+        --images photos/teddybear --class-word teddybear
+
+It runs the training node's implementation (``elite_core.comfy_catversion_training``) on models
+loaded by ComfyUI's own loader, so the adapter it saves is the one CatVersion Apply runs. With N
+processes each takes ``--batch-size`` images per step (the global batch is N x that); the
+learning rate defaults to the paper's 0.005 x the global batch. Every process draws the same
+global batch from the seed, so N processes x batch b train as 1 process x batch N*b.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from elite_core.input_checks import ELITEInputError
+
+from .comfy_runtime import SetupError, find_comfyui, load_sd1_checkpoint, start_comfyui
+
+log = logging.getLogger("elite.catversion.train")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from elite_core.catversion_training import BASE_LEARNING_RATE, CatVersionRecipe
+
+    recipe = CatVersionRecipe()
+    p = argparse.ArgumentParser(prog="python -m elite_training.catversion", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="SD1.x checkpoint: a path, or a name in ComfyUI's models/checkpoints")
+    p.add_argument("--images", required=True, help="folder of 3-10 photos of the concept (every image file in it)")
+    p.add_argument("--class-word", default="", help="training caption: the concept's class word (empty = the released code)")
+    p.add_argument("--output", default=None, help="adapter .safetensors to write (default: ComfyUI's "
+                   "models/catversion/<class word>_<counter>.safetensors)")
+    p.add_argument("--comfyui", default=None, help="ComfyUI folder (default: $COMFYUI_DIR, or the ComfyUI this pack is in)")
+    p.add_argument("--steps", type=int, default=recipe.steps)
+    p.add_argument("--batch-size", type=int, default=recipe.batch_size, help="images per step and process")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help=f"AdamW learning rate (default: {BASE_LEARNING_RATE} x global batch, as the paper's --scale_lr)")
+    p.add_argument("--resolution", type=int, default=recipe.resolution)
+    p.add_argument("--no-flip", action="store_true", help="no random horizontal flip (the paper flips with p = 0.5)")
+    p.add_argument("--seed", type=int, default=recipe.seed)
+    p.add_argument("--cpu", action="store_true", help="train on the CPU (slow; for tests)")
+    return p.parse_args(argv)
+
+
+def load_image_folder(folder: str) -> list[torch.Tensor]:
+    """Every image file in ``folder`` as a ComfyUI IMAGE (1, H, W, 3), in name order."""
+    if not os.path.isdir(folder):
+        raise SetupError(f"--images {folder!r} is not a folder. Put 3-10 photos of the concept in one folder.")
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+    if not names:
+        raise SetupError(f"--images {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}). "
+                         "Put 3-10 photos of the concept in it.")
+    images = []
+    for name in names:
+        try:
+            with Image.open(os.path.join(folder, name)) as img:
+                rgb = ImageOps.exif_transpose(img).convert("RGB")  # as ComfyUI's Load Image
+        except OSError as exc:
+            raise SetupError(f"'{name}' in {folder!r} cannot be read as an image ({exc}).") from None
+        images.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)[None])
+    return images
+
+
+def recipe_from_args(args: argparse.Namespace, num_processes: int):
+    from elite_core.catversion_training import BASE_LEARNING_RATE, CatVersionRecipe
+
+    global_batch = args.batch_size * num_processes
+    lr = args.learning_rate if args.learning_rate is not None else BASE_LEARNING_RATE * global_batch
+    return CatVersionRecipe(steps=args.steps, batch_size=args.batch_size, learning_rate=lr, resolution=args.resolution,
+                            flip_probability=0.0 if args.no_flip else 0.5, seed=args.seed, caption=args.class_word)
+
+
+def train(accelerator, model, clip, vae, images, recipe, output: str | None, filename_prefix: str):
+    """Train on every process; the main process saves the adapter (and, on Ctrl-C, the prefix so far)."""
+    from elite_core import comfy_catversion_training as training
+
+    from .accelerate_run import AccelerateRun
+
+    def on_step(report):
+        if accelerator.is_main_process and (report.step % 50 == 0 or report.step == report.steps):
+            log.info("step %d/%d  loss %.5f", report.step, report.steps, report.loss)
+
+    def save(prefix, steps_done):
+        if output and steps_done == recipe.steps:
+            path = output
+            training.write_atomically(prefix, path, training.adapter_metadata(recipe, steps_done, len(images)))
+        else:
+            path = training.save_trained_adapter(prefix, filename_prefix, recipe, steps_done, len(images))
+        log.info("saved %s", path)
+        return path
+
+    def on_abort(report, exc):
+        if accelerator.is_main_process:
+            log.warning("training stopped after step %d of %d (%s); keeping that step's prefix", report.step,
+                        report.steps, type(exc).__name__)
+            save(report.prefix(), report.step)
+
+    prefix, losses = training.train_concept(model, clip, vae, images, recipe, AccelerateRun(accelerator), on_step,
+                                            name=filename_prefix, on_abort=on_abort)
+    accelerator.wait_for_everyone()
+    path = save(prefix, recipe.steps) if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    return prefix, losses, path
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        from accelerate import Accelerator
+    except ImportError:
+        log.error("The command-line trainer needs Hugging Face accelerate: pip install -r requirements-train.txt")
+        return 2
+    args = parse_args(argv)
+    try:
+        comfy_dir = find_comfyui(args.comfyui)
+        images = load_image_folder(args.images)
+        accelerator = Accelerator(cpu=args.cpu)
+        start_comfyui(comfy_dir, cpu=accelerator.device.type == "cpu")
+        from elite_core.comfy_catversion_training import check_filename_prefix
+
+        name = check_filename_prefix(args.class_word or "catversion_concept")
+        recipe = recipe_from_args(args, accelerator.num_processes).checked()
+        model, clip, vae = load_sd1_checkpoint(args.checkpoint)
+        train(accelerator, model, clip, vae, images, recipe, args.output, name)
+    except (SetupError, ELITEInputError) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

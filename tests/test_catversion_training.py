@@ -1,0 +1,379 @@
+"""CatVersion training: the loss against the reference formula restated here, learning, frozen
+weights, determinism, the training node and its files, refusals, and the accelerate trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+import comfy.model_management
+from catversion_reference import official_flat_to_layers, reference_text_encoder
+from comfyui_elite.elite_core import comfy_catversion_training as training
+from comfyui_elite.elite_core.catversion import CatVersionPrefix, prefixes_from_flat, read_catversion_file
+from comfyui_elite.elite_core.catversion_training import (
+    CatVersionRecipe,
+    PrefixObjective,
+    StepDraw,
+    StepSampler,
+    initial_prefix,
+    posterior_cache,
+    scaled_linear_schedule,
+    squash_images,
+)
+from comfyui_elite.elite_core.input_checks import ELITEInputError
+from comfyui_elite.nodes.nodes_catversion import CatVersionApply, CatVersionLoader, CatVersionTrain
+from conftest import CATVERSION_MODELS, COMFY_DIR
+from elite_test_pack.tiny_models import build_tiny_clip, build_tiny_sd15_model, build_tiny_vae
+
+REPO = Path(__file__).resolve().parents[1]
+CAPTION = "teddybear"
+RESOLUTION = 64  # 8x8 latents: the tiny models stay fast
+QUICK = CatVersionRecipe(steps=3, resolution=RESOLUTION, caption=CAPTION)
+
+
+def built_like_comfyui():
+    """MODEL, CLIP (the real CLIP-L text layout) and VAE made in inference mode, as ComfyUI's loaders
+    run: their weights cannot take part in autograd as they are."""
+    with torch.inference_mode():
+        return (build_tiny_sd15_model(seed=0), build_tiny_clip(seed=7, real_size=True, std=0.02),
+                build_tiny_vae(seed=2))
+
+
+@pytest.fixture(scope="module")
+def sd1():
+    return built_like_comfyui()
+
+
+@pytest.fixture(scope="module")
+def photos() -> torch.Tensor:
+    """Three uint8-exact photos (IMAGE batch), not square, so the squash matters."""
+    gen = torch.Generator().manual_seed(4)
+    with torch.inference_mode():
+        return torch.randint(0, 256, (3, 72, 88, 3), generator=gen).float() / 255.0
+
+
+def snapshot(*modules) -> list[dict[str, torch.Tensor]]:
+    return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
+
+
+def frozen_modules(sd1):
+    model, clip, vae = sd1
+    return model.model.diffusion_model, clip.cond_stage_model, vae.first_stage_model
+
+
+# --------------------------------------------------------------------------- the loss, restated
+
+
+def reference_pixels(photo: torch.Tensor, flip: bool) -> torch.Tensor:
+    """The authors' data loader: uint8 PIL image, bicubic resize to a square, PIL mirror, /127.5 - 1."""
+    image = Image.fromarray((photo.numpy() * 255).round().astype(np.uint8))
+    image = image.resize((RESOLUTION, RESOLUTION), resample=Image.BICUBIC)
+    if flip:
+        image = ImageOps.mirror(image)
+    return torch.from_numpy(np.asarray(image).astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+
+def reference_alphas_cumprod() -> np.ndarray:
+    """SD's "linear" schedule of the reference: betas = linspace(sqrt 0.00085, sqrt 0.012, 1000)^2."""
+    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
+    return np.cumprod(1.0 - betas)
+
+
+def test_schedule_is_the_one_the_sd1_model_samples_with(sd1):
+    model = sd1[0]
+    alphas_cumprod = torch.from_numpy(reference_alphas_cumprod())
+    comfy_sigmas = model.model.model_sampling.sigmas.double()
+    torch.testing.assert_close(comfy_sigmas, ((1 - alphas_cumprod) / alphas_cumprod).sqrt(), rtol=1e-6, atol=0)
+    ours = scaled_linear_schedule()
+    torch.testing.assert_close(ours.sqrt_alpha_bar, alphas_cumprod.sqrt().float(), rtol=0, atol=0)
+
+
+def test_one_step_loss_equals_the_reference_formula(sd1, photos, record_parity):
+    from comfy.ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+
+    model, clip, vae = sd1
+    flat = torch.randn(4608, generator=torch.Generator().manual_seed(9))
+    gen = torch.Generator().manual_seed(10)
+    draw = StepDraw(indices=torch.tensor([2, 0]), flips=torch.tensor([True, False]), timesteps=torch.tensor([999, 17]),
+                    posterior_noise=torch.randn(2, 4, 8, 8, generator=gen), noise=torch.randn(2, 4, 8, 8, generator=gen))
+    with torch.inference_mode(False):
+        frozen = training.ComfyFrozenSD1(model, clip, vae, CAPTION, (9, 10, 11))
+        frozen.load_for_training()
+        with training.frozen_for_autograd(frozen.frozen_modules()):
+            mean, std = posterior_cache(frozen, squash_images(photos.clone(), RESOLUTION))
+            objective = PrefixObjective(frozen, flat, (9, 10, 11), mean, std, scaled_linear_schedule())
+            loss = objective(draw)
+
+            # The reference (catversion-reference §6), written out: x0 from the data loader, a sample of
+            # the VAE posterior times 0.18215, q_sample with the float32 sqrt(alphas_cumprod) tables, the
+            # prefixed CLIP restated in float64, the UNet's epsilon, and the mean over every element.
+            alphas_cumprod = reference_alphas_cumprod()
+            sqrt_ac = torch.tensor(np.sqrt(alphas_cumprod), dtype=torch.float32)
+            sqrt_1m_ac = torch.tensor(np.sqrt(1.0 - alphas_cumprod), dtype=torch.float32)
+            fsm = vae.first_stage_model
+            x0 = torch.stack([reference_pixels(photos[i], bool(f)) for i, f in zip(draw.indices, draw.flips)])
+            with torch.no_grad():
+                posterior = DiagonalGaussianDistribution(fsm.quant_conv(fsm.encoder(x0)))
+            z0 = (posterior.mean + posterior.std * draw.posterior_noise) * 0.18215
+            t = draw.timesteps
+            z_t = sqrt_ac[t].view(-1, 1, 1, 1) * z0 + sqrt_1m_ac[t].view(-1, 1, 1, 1) * draw.noise
+            token_ids = torch.tensor([[tok[0] for tok in clip.tokenize(CAPTION)["l"][0]]])
+            state = {k: v.clone() for k, v in clip.cond_stage_model.state_dict().items()}
+            prefixes = {layer: [(k, v, 1.0)] for layer, (k, v) in official_flat_to_layers(flat).items()}
+            context, _ = reference_text_encoder(state, token_ids, prefixes)
+            with torch.no_grad():
+                eps = model.model.diffusion_model(z_t, timesteps=t.float(), context=context.expand(2, -1, -1))
+            expected = ((eps - draw.noise) ** 2).mean()
+            # and it is a real check: the flip and the timestep both change the loss
+            flipped = objective(draw._replace(flips=~draw.flips)).item()
+            later = objective(draw._replace(timesteps=draw.timesteps.flip(0))).item()
+    record_parity(loss.detach(), expected, "(one-step loss)")
+    assert abs(loss.item() - expected.item()) <= 1e-5 * expected.item()
+    assert abs(flipped - loss.item()) > 1e-4 and abs(later - loss.item()) > 1e-4
+
+
+# --------------------------------------------------------------------------- learning
+
+
+def held_out_loss(sd1, photos, prefix) -> float:
+    """Mean loss of ``prefix`` over 8 fixed draws of 2 samples (the same draws for every prefix)."""
+    from comfyui_elite.elite_core.catversion import flat_from_prefixes
+
+    model, clip, vae = sd1
+    with torch.inference_mode(False), torch.no_grad():
+        frozen = training.ComfyFrozenSD1(model, clip, vae, CAPTION, (9, 10, 11))
+        frozen.load_for_training()
+        with training.frozen_for_autograd(frozen.frozen_modules()):
+            mean, std = posterior_cache(frozen, squash_images(photos.clone(), RESOLUTION))
+            objective = PrefixObjective(frozen, flat_from_prefixes(prefix.keys, prefix.values), prefix.layers, mean,
+                                        std, scaled_linear_schedule())
+            sampler = StepSampler(3, 2, (4, 8, 8), 0.5, torch.Generator().manual_seed(99))
+            return float(np.mean([objective(sampler.draw()).item() for _ in range(8)]))
+
+
+def test_a_few_dozen_steps_reduce_the_loss_and_train_only_the_prefix(sd1, photos):
+    with torch.inference_mode():
+        model = build_tiny_sd15_model(seed=0, std=0.1)  # its epsilon depends on the text clearly
+    _, clip, vae = sd1
+    sd1 = (model, clip, vae)
+    before = snapshot(*frozen_modules(sd1))
+    flags = [[p.requires_grad for p in m.parameters()] for m in frozen_modules(sd1)]
+    patches = dict(clip.patcher.object_patches)
+    plain = clip.encode_from_tokens(clip.tokenize("teddybear on the beach"))
+    recipe = CatVersionRecipe(steps=30, resolution=RESOLUTION, caption=CAPTION, learning_rate=0.05)
+    keys, values = prefixes_from_flat(initial_prefix(recipe, torch.Generator().manual_seed(recipe.seed)), 3)
+    initial = CatVersionPrefix(layers=(9, 10, 11), keys=keys, values=values)
+    trained, losses = training.train_concept(model, clip, vae, photos, recipe)
+    assert len(losses) == 30 and all(np.isfinite(losses))
+    start, end = held_out_loss(sd1, photos, initial), held_out_loss(sd1, photos, trained)
+    assert end < 0.9 * start, (start, end)  # measured: 2.25 -> 1.50
+    # Only the prefix learned: every other weight is bit-identical, none holds a gradient, the
+    # gradient flags are as they were, and the input CLIP neither gained patches nor changed output.
+    for old, module in zip(before, frozen_modules(sd1)):
+        new = module.state_dict()
+        assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
+        assert all(p.grad is None for p in module.parameters())
+    assert flags == [[p.requires_grad for p in m.parameters()] for m in frozen_modules(sd1)]
+    assert dict(clip.patcher.object_patches) == patches
+    assert torch.equal(clip.encode_from_tokens(clip.tokenize("teddybear on the beach")), plain)
+    assert not torch.equal(trained.keys, initial.keys)
+
+
+def test_training_is_deterministic_for_a_seed(sd1, photos):
+    model, clip, vae = sd1
+    a, losses_a = training.train_concept(model, clip, vae, photos, QUICK)
+    b, losses_b = training.train_concept(model, clip, vae, photos, QUICK)
+    c, _ = training.train_concept(model, clip, vae, photos, CatVersionRecipe(steps=3, resolution=RESOLUTION,
+                                                                            caption=CAPTION, seed=24))
+    assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values) and losses_a == losses_b
+    assert not torch.equal(a.keys, c.keys)
+
+
+# --------------------------------------------------------------------------- the node and its files
+
+
+def adapter_files(prefix: str) -> list[str]:
+    return sorted(f for f in os.listdir(CATVERSION_MODELS) if f.startswith(prefix))
+
+
+def test_train_node_saves_an_adapter_that_apply_loads(sd1, photos):
+    model, clip, vae = sd1
+    (adapter,) = CatVersionTrain.execute(photos, model, clip, vae, CAPTION, "node_test", 2, 0.01, 2, RESOLUTION, True,
+                                         23).result
+    (adapter_again,) = CatVersionTrain.execute(photos, model, clip, vae, CAPTION, "node_test", 2, 0.01, 2, RESOLUTION,
+                                               True, 23).result
+    assert adapter_files("node_test") == ["node_test_00001.safetensors", "node_test_00002.safetensors"]
+    assert adapter.name == "node_test_00001.safetensors"  # a second run never overwrites the first
+    (loaded,) = CatVersionLoader.execute("node_test_00001.safetensors").result
+    assert torch.equal(loaded.keys, adapter.keys) and torch.equal(loaded.values, adapter_again.values)
+    tokens = clip.tokenize("teddybear on the beach")
+    direct = CatVersionApply.execute(clip, adapter, 1.0).result[0].encode_from_tokens(tokens)
+    from_file = CatVersionApply.execute(clip, loaded, 1.0).result[0].encode_from_tokens(tokens)
+    assert torch.equal(direct, from_file)
+    assert not torch.equal(direct, clip.encode_from_tokens(tokens))
+
+
+def test_interrupt_keeps_the_steps_done_and_leaves_no_partial_file(sd1, photos, monkeypatch):
+    model, clip, vae = sd1
+    real_on_step = training.ComfyProgress.on_step
+
+    def interrupt_during_step_3(self, report):  # the user presses Cancel while step 3 runs
+        real_on_step(self, report)
+        if report.step == 2:
+            comfy.model_management.interrupt_current_processing(True)
+
+    monkeypatch.setattr(training.ComfyProgress, "on_step", interrupt_during_step_3)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            CatVersionTrain.execute(photos, model, clip, vae, CAPTION, "interrupted", 5, 0.01, 2, RESOLUTION, True, 23)
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    assert adapter_files("interrupted") == ["interrupted_00001_step2_of_5.safetensors"]
+    saved = read_catversion_file(str(CATVERSION_MODELS / "interrupted_00001_step2_of_5.safetensors"))
+    assert saved.layers == (9, 10, 11)
+    from safetensors import safe_open
+
+    with safe_open(str(CATVERSION_MODELS / "interrupted_00001_step2_of_5.safetensors"), "pt") as f:
+        assert f.metadata()["steps"] == "2" and f.metadata()["planned_steps"] == "5"
+    # the file holds the prefix of step 2 exactly: the same run stopped by steps=2 gives it
+    recipe = CatVersionRecipe(steps=2, resolution=RESOLUTION, caption=CAPTION)
+    two_steps, _ = training.train_concept(model, clip, vae, photos, recipe)
+    assert torch.equal(saved.keys, two_steps.keys) and torch.equal(saved.values, two_steps.values)
+
+
+def test_a_failed_write_leaves_no_file(monkeypatch, tmp_path, sd1, photos):
+    adapter, _ = training.train_concept(*sd1, photos, CatVersionRecipe(steps=1, resolution=RESOLUTION))
+
+    def disk_full(prefix, path, metadata=None):
+        Path(path).write_bytes(b"half an adapter")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(training, "save_catversion_safetensors", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        training.write_atomically(adapter, str(tmp_path / "a.safetensors"), {})
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def other_clip(kind: str):
+    """An SD2 (OpenCLIP-H) or SDXL (CLIP-L + bigG) CLIP, weights left empty: refused before use."""
+    import comfy.sd
+    import comfy.sdxl_clip
+    import comfy.supported_models_base
+    from comfy.text_encoders import sd2_clip
+
+    tokenizer, encoder = {"sd2": (sd2_clip.SD2Tokenizer, sd2_clip.SD2ClipModel),
+                          "sdxl": (comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)}[kind]
+    target = comfy.supported_models_base.ClipTarget(tokenizer, encoder)
+    return comfy.sd.CLIP(target, model_options={"dtype": torch.float16})
+
+
+@pytest.mark.parametrize("case, message", [
+    ("sd2 clip", r"text encoders \['h'\]; CatVersion adapters are trained for Stable Diffusion 1.x"),
+    ("sdxl clip", r"text encoders \['g', 'l'\]; CatVersion adapters are trained for Stable Diffusion 1.x"),
+    ("small clip", r"not the SD1.x CLIP ViT-L/14 text encoder \(12 layers, 768 wide, 12 heads\)"),
+    ("sd2-wide unet", r"not a Stable Diffusion 1.x UNet that CatVersion can train with: .*attn2.to_k.weight is "
+                      r"\(\d+, 1024\), but SD1.x cross-attention takes 768-wide CLIP-L text"),
+    ("empty batch", r"The training IMAGE batch is empty \(0 images\)"),
+    ("nan pixels", r"The training IMAGE contains 1 non-finite values"),
+    ("prefixed clip", r"This CLIP already carries a CatVersion adapter"),
+    ("bad name", r"The adapter name 'my/teddy' cannot be a file name"),
+    ("zero steps", r"steps must be a whole number of at least 1"),
+])
+def test_bad_inputs_are_refused_before_training_and_leave_no_file(sd1, photos, case, message, request):
+    model, clip, vae = sd1
+    images, name, steps = photos, "refused", 2
+    if case in ("sd2 clip", "sdxl clip"):
+        clip = other_clip(case.split()[0])
+    elif case == "small clip":
+        clip = build_tiny_clip(seed=1)
+    elif case == "sd2-wide unet":
+        model = build_tiny_sd15_model(seed=0, context_dim=1024)
+    elif case == "empty batch":
+        images = photos[:0]
+    elif case == "nan pixels":
+        images = photos.clone()
+        images[1, 2, 3, 0] = float("nan")
+    elif case == "prefixed clip":
+        request.getfixturevalue("catversion_data")
+        clip = CatVersionApply.execute(clip, CatVersionLoader.execute("teddybear.bin").result[0], 1.0).result[0]
+    elif case == "bad name":
+        name = "my/teddy"
+    elif case == "zero steps":
+        steps = 0
+    with pytest.raises(ELITEInputError, match=message):
+        CatVersionTrain.execute(images, model, clip, vae, CAPTION, name, steps, 0.01, 2, RESOLUTION, True, 23)
+    assert adapter_files("refused") == [] and adapter_files("my") == []
+    assert not any(f.endswith(".partial") for f in os.listdir(CATVERSION_MODELS))
+
+
+def test_bad_name_is_refused_when_the_prompt_is_validated():
+    assert "cannot be a file name" in CatVersionTrain.validate_inputs(filename_prefix="../escape")
+    assert CatVersionTrain.validate_inputs(filename_prefix="my teddy-bear_v2") is True
+    assert CatVersionTrain.validate_inputs(filename_prefix=None) is True
+
+
+# --------------------------------------------------------------------------- the accelerate trainer
+
+
+def accelerate_launch(tmp_path: Path, processes: int, batch: int, steps: int = 3) -> tuple[dict, dict]:
+    """The command-line trainer's ``train`` under ``accelerate launch`` on the CPU (gloo)."""
+    out = tmp_path / f"p{processes}_b{batch}"
+    launcher = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--cpu", "--num_processes", "1"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
+               str(REPO / "tests" / "catversion_accelerate_worker.py"), str(out), str(batch), str(steps)]
+    env = {**os.environ, "ELITE_COMFYUI_DIR": str(COMFY_DIR), "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    from safetensors.torch import load_file
+
+    return json.loads(out.with_suffix(".json").read_text()), load_file(str(out.with_suffix(".safetensors")))
+
+
+def test_two_processes_under_accelerate_match_one_with_the_same_global_batch(tmp_path):
+    two, two_adapter = accelerate_launch(tmp_path, processes=2, batch=1)
+    one, one_adapter = accelerate_launch(tmp_path, processes=1, batch=2)
+    assert (two["processes"], one["processes"]) == (2, 1)
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
+    assert two_adapter.keys() == one_adapter.keys()
+    for key in one_adapter:
+        torch.testing.assert_close(two_adapter[key], one_adapter[key], atol=1e-3, rtol=0)
+    # the processes really split the batch: one process with batch 1 sees other samples
+    alone, _ = accelerate_launch(tmp_path, processes=1, batch=1)
+    assert abs(alone["losses"][0] - one["losses"][0]) > 1e-4
+
+
+def run_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, "-m", "elite_training.catversion", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_command_line_refuses_bad_setups_with_a_message(tmp_path):
+    empty = tmp_path / "photos"
+    empty.mkdir()
+    cases = [
+        (["--comfyui", str(tmp_path)], "ComfyUI was not found at"),
+        (["--comfyui", str(COMFY_DIR), "--images", str(tmp_path / "none")], "is not a folder"),
+        (["--comfyui", str(COMFY_DIR), "--images", str(empty)], "holds no images"),
+    ]
+    for extra, message in cases:
+        args = ["--checkpoint", "missing.safetensors", "--images", str(empty), "--cpu", *extra]
+        done = run_cli(*args, tmp_path=tmp_path)
+        assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr
+    Image.new("RGB", (32, 32)).save(empty / "a.png")
+    done = run_cli("--checkpoint", "missing.safetensors", "--images", str(empty), "--cpu", "--comfyui", str(COMFY_DIR),
+                   tmp_path=tmp_path)
+    assert done.returncode == 2 and "Checkpoint 'missing.safetensors' was not found" in done.stderr, done.stderr[-2000:]
