@@ -29,6 +29,8 @@ OUTPUTS = {
     "SaveImage": [],
     "CatVersionLoader": [("catversion", "CATVERSION_ADAPTER")],
     "CatVersionApply": [("CLIP", "CLIP")],
+    "CatVersionTrain": [("catversion", "CATVERSION_ADAPTER")],
+    "ImageBatch": [("IMAGE", "IMAGE")],
 }
 
 
@@ -38,7 +40,8 @@ SIZES = {
     "ELITELocalMapperLoader": [360, 60], "LoadImage": [360, 340], "ELITEEncoder": [360, 140],
     "ELITEConditioning": [400, 200], "CLIPTextEncode": [400, 150], "ELITELocalAttnPatch": [360, 180],
     "EmptyLatentImage": [320, 110], "KSampler": [320, 270], "VAEDecode": [200, 50], "SaveImage": [400, 420],
-    "CatVersionLoader": [360, 60], "CatVersionApply": [360, 100],
+    "CatVersionLoader": [360, 60], "CatVersionApply": [360, 100], "CatVersionTrain": [400, 420],
+    "ImageBatch": [240, 50],
 }
 
 
@@ -103,6 +106,33 @@ def catversion_workflow() -> list[dict]:
     ]
 
 
+def catversion_train_workflow() -> list[dict]:
+    """Learn a concept from three photos with the paper's recipe, then use it like the official
+    adapters: prefixed CLIP for the prompt, plain CLIP for the negative, DDIM 50, CFG 10."""
+    return [
+        dict(id=1, type="CheckpointLoaderSimple", pos=[40, 60], widgets=["v1-5-pruned-emaonly.safetensors"]),
+        dict(id=2, type="LoadImage", pos=[40, 220], title="Photo 1 of the concept", widgets=["concept_photo_1.png", "image"]),
+        dict(id=3, type="LoadImage", pos=[40, 600], title="Photo 2 of the concept", widgets=["concept_photo_2.png", "image"]),
+        dict(id=4, type="LoadImage", pos=[40, 980], title="Photo 3 of the concept", widgets=["concept_photo_3.png", "image"]),
+        dict(id=5, type="ImageBatch", pos=[460, 600], inputs=[("image1", 2, 0), ("image2", 3, 0)]),
+        dict(id=6, type="ImageBatch", pos=[460, 720], inputs=[("image1", 5, 0), ("image2", 4, 0)]),
+        dict(id=7, type="CatVersionTrain", pos=[760, 220], title="CatVersion Train Concept (paper recipe; use a GPU)",
+             inputs=[("images", 6, 0), ("model", 1, 0), ("clip", 1, 1), ("vae", 1, 2)],
+             widgets=["teddybear", "my_teddybear", 1000, 0.01, 2, 512, True, 23]),
+        dict(id=8, type="CatVersionApply", pos=[1220, 60], inputs=[("clip", 1, 1), ("catversion", 7, 0)], widgets=[1.0]),
+        dict(id=9, type="CLIPTextEncode", pos=[1640, 60], title="Prompt (the class word you trained with)",
+             inputs=[("clip", 8, 0)], widgets=["teddybear on the beach"]),
+        dict(id=10, type="CLIPTextEncode", pos=[1640, 280], title="Negative prompt (original CLIP, no prefix)",
+             inputs=[("clip", 1, 1)], widgets=[""]),
+        dict(id=11, type="EmptyLatentImage", pos=[1640, 500], widgets=[512, 512, 1]),
+        dict(id=12, type="KSampler", pos=[2100, 60],
+             inputs=[("model", 1, 0), ("positive", 9, 0), ("negative", 10, 0), ("latent_image", 11, 0)],
+             widgets=[23, "fixed", 50, 10.0, "ddim", "ddim_uniform", 1.0]),
+        dict(id=13, type="VAEDecode", pos=[2480, 60], inputs=[("samples", 12, 0), ("vae", 1, 2)]),
+        dict(id=14, type="SaveImage", pos=[2740, 60], inputs=[("images", 13, 0)], widgets=["CatVersion"]),
+    ]
+
+
 def to_ui(nodes: list[dict]) -> dict:
     types = {node["id"]: node["type"] for node in nodes}
 
@@ -144,7 +174,8 @@ def to_ui(nodes: list[dict]) -> dict:
 
 def main() -> None:
     for name, nodes in (("elite_global", global_workflow()), ("elite_global_local", local_workflow()),
-                        ("catversion_teddybear", catversion_workflow())):
+                        ("catversion_teddybear", catversion_workflow()),
+                        ("catversion_train_then_apply", catversion_train_workflow())):
         path = REPO / "example_workflows" / f"{name}.json"
         path.write_text(json.dumps(to_ui(nodes), indent=1) + "\n")
 

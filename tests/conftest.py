@@ -83,9 +83,10 @@ if CATVERSION_DATA.is_dir():
                         CATVERSION_MODELS / f"{_concept}.safetensors")
 CONCEPT_IMAGE = "elite_concept.png"
 (BASE_DIR / "input").mkdir(exist_ok=True)
-from elite_test_pack.workflows import write_concept_image  # noqa: E402
+from elite_test_pack.workflows import write_concept_image, write_concept_photos  # noqa: E402
 
 write_concept_image(str(BASE_DIR / "input" / CONCEPT_IMAGE))
+write_concept_photos(str(BASE_DIR / "input"))
 
 
 def comfyui_version() -> str:

@@ -15,16 +15,19 @@ from conftest import BASE_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
 from elite_test_pack.workflows import save_node_id, ui_to_api, with_tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = ["elite_global", "elite_global_local", "catversion_teddybear"]
-# The node types each example shows off; CatVersion examples load the authors' adapters (../shared).
+EXAMPLES = ["elite_global", "elite_global_local", "catversion_teddybear", "catversion_train_then_apply"]
+# The node types each example shows off.
+ELITE_NODES = {"ELITEGlobalMapperLoader", "ELITEEncoder", "ELITEConditioning", "ELITELocalAttnPatch"}
 EXAMPLE_NODES = {
-    "elite": {"ELITEGlobalMapperLoader", "ELITEEncoder", "ELITEConditioning", "ELITELocalAttnPatch"},
-    "catversion": {"CatVersionLoader", "CatVersionApply"},
+    "elite_global": ELITE_NODES, "elite_global_local": ELITE_NODES,
+    "catversion_teddybear": {"CatVersionLoader", "CatVersionApply"},
+    "catversion_train_then_apply": {"CatVersionTrain", "CatVersionApply"},
 }
 
 
 def needs_shared_data(name: str) -> bool:
-    return name.startswith("catversion")
+    """The examples that load the authors' CatVersion adapters (../shared)."""
+    return name == "catversion_teddybear"
 
 
 def tiny_prompt(name: str) -> dict:
@@ -72,7 +75,7 @@ def test_example_is_ui_format_with_known_nodes(name):
     workflow = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
     assert {"nodes", "links", "version"} <= workflow.keys()
     types = {node["type"] for node in workflow["nodes"]}
-    assert EXAMPLE_NODES[name.split("_")[0]] <= types
+    assert EXAMPLE_NODES[name] <= types
     assert all(t in nodes.NODE_CLASS_MAPPINGS for t in types)
 
 

@@ -54,7 +54,7 @@ def with_tiny_models(prompt: dict, mapper_name: str, local_mapper_name: str | No
                      size: int = 64, steps: int = 3) -> dict:
     """The same workflow on tiny RANDOM models: loaders swapped, small latent, few steps."""
     prompt = copy.deepcopy(prompt)
-    catversion = any(node["class_type"] == "CatVersionApply" for node in prompt.values())
+    catversion = any(node["class_type"].startswith("CatVersion") for node in prompt.values())
     for node in prompt.values():
         kind = node["class_type"]
         if kind in TINY_LOADERS:
@@ -71,6 +71,8 @@ def with_tiny_models(prompt: dict, mapper_name: str, local_mapper_name: str | No
             node["inputs"]["steps"] = steps
         elif kind == "SaveImage":
             node["inputs"]["filename_prefix"] = "ELITE_RANDOM_WEIGHTS"
+        elif kind == "CatVersionTrain":
+            node["inputs"].update(steps=2, resolution=size, filename_prefix="RANDOM_WEIGHTS_concept")
     return prompt
 
 
@@ -78,6 +80,19 @@ def save_node_id(prompt: dict) -> str:
     """The id of the workflow's (only) Save Image node."""
     (node_id,) = [key for key, node in prompt.items() if node["class_type"] == "SaveImage"]
     return node_id
+
+
+CONCEPT_PHOTOS = {"concept_photo_1.png": (96, 80), "concept_photo_2.png": (64, 64), "concept_photo_3.png": (128, 96)}
+
+
+def write_concept_photos(folder: str) -> None:
+    """The train-then-apply example's three photos, as synthetic noise of three sizes (tests only)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(6)
+    for name, (width, height) in CONCEPT_PHOTOS.items():
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(f"{folder}/{name}")
 
 
 def write_concept_image(path: str, size: int = 256) -> None:
