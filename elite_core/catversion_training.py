@@ -32,9 +32,8 @@ import torch.nn.functional as F
 from .catversion import OFFICIAL_LAYERS, TEXT_WIDTH, CatVersionPrefix, prefixes_from_flat
 from .clip_input import squash_uint8
 from .input_checks import ELITEInputError
+from .noise_schedule import NUM_TRAIN_TIMESTEPS, NoiseSchedule, add_noise, scaled_linear_schedule
 
-NUM_TRAIN_TIMESTEPS = 1000
-BETA_START, BETA_END = 0.00085, 0.012
 BASE_LEARNING_RATE = 5e-3  # the reference scales it by the total batch (2 x 1 GPU -> 1e-2)
 
 
@@ -72,26 +71,6 @@ class CatVersionRecipe:
 
 
 # --------------------------------------------------------------------------- maths
-
-
-class NoiseSchedule(NamedTuple):
-    sqrt_alpha_bar: torch.Tensor  # (1000,) fp32
-    sqrt_one_minus_alpha_bar: torch.Tensor
-
-
-def scaled_linear_schedule(num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> NoiseSchedule:
-    """SD1.x's training schedule: betas linspace(sqrt 0.00085, sqrt 0.012)^2, computed in float64."""
-    betas = torch.linspace(BETA_START ** 0.5, BETA_END ** 0.5, num_timesteps, dtype=torch.float64) ** 2
-    alpha_bar = torch.cumprod(1.0 - betas, dim=0)
-    return NoiseSchedule(alpha_bar.sqrt().float(), (1.0 - alpha_bar).sqrt().float())
-
-
-def add_noise(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
-    """z_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps, per sample."""
-    shape = (-1,) + (1,) * (latents.dim() - 1)
-    a = schedule.sqrt_alpha_bar.to(latents.device)[timesteps].view(shape)
-    b = schedule.sqrt_one_minus_alpha_bar.to(latents.device)[timesteps].view(shape)
-    return a * latents + b * noise
 
 
 def squash_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
