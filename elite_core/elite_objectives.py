@@ -9,6 +9,11 @@ Global stage, per batch (the reference ``train_global.py``)::
     eps^  = UNet(z_t, t, c) with to_k/to_v of every attn2 replaced by the mapper's K/V (trainable)
     L     = mean_b mean_{c,h,w} (eps^ - eps)^2 + 0.01 * mean |words|
 
+Local stage (``train_local.py``): the global mapper frozen, its w0 injected; the local mapper maps
+the object's CLIP features to 256 tokens (background patches zeroed); every attn2 adds the gated
+local branch at λ = 1; the loss is the masked ε-MSE plus 1e-4 · the mean over the 16 layers of
+mean |E · Wv_local| (see :class:`LocalStage`).
+
 Everything else (UNet, both CLIPs, VAE) is frozen. The K/V copies start from the UNet's own.
 """
 
@@ -22,7 +27,8 @@ from torch import nn
 
 from .clip_input import select_elite_layers
 from .diffusers_attention import sdpa_attention
-from .mappers import GlobalMapper, MapperWidths
+from .local_attention import local_term
+from .mappers import GlobalMapper, LocalMapper, MapperWidths
 from .noise_schedule import NoiseSchedule, add_noise, scaled_linear_schedule
 from .sites import SD1_ATTN2_SITES
 
@@ -77,19 +83,49 @@ def attn2_modules(unet: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
-class GlobalKVProcessor:
-    """attn2 processor that projects the text with ELITE's global K/V (held by reference, e.g. a
-    mapper's trainable ``{site}_to_k``/``_to_v``) instead of the layer's own ``to_k``/``to_v``."""
+class _LocalInputs:
+    """The local branch's inputs for the UNet call in progress, and the local values it produced."""
 
-    def __init__(self, to_k: nn.Linear, to_v: nn.Linear):
-        self.to_k, self.to_v = to_k, to_v
+    def __init__(self):
+        self.tokens: torch.Tensor | None = None  # (B, 256, D) masked local tokens
+        self.index: torch.Tensor | None = None  # (B,) placeholder token index
+        self.values: list[torch.Tensor] = []  # E · Wv_local of every attn2 call (the value regulariser)
+
+
+class StageAttnProcessor:
+    """attn2 processor of the training stages. Text keys/values come from ELITE's global K/V (held by
+    reference: a mapper's ``{site}_to_k``/``_to_v``), not the layer's own ``to_k``/``to_v``. With
+    ``local_kv`` it adds the local branch at λ = 1, its gate normalised by one maximum over the whole
+    batch as the reference's training step computes it (§7)."""
+
+    def __init__(self, to_k: nn.Linear, to_v: nn.Linear, local_kv: tuple[nn.Linear, nn.Linear] | None = None,
+                 local_inputs: _LocalInputs | None = None):
+        self.to_k, self.to_v, self.local_kv, self.local_inputs = to_k, to_v, local_kv, local_inputs
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         if attention_mask is not None or encoder_hidden_states is None or attn.residual_connection:
-            raise ValueError("GlobalKVProcessor supports SD1.x cross-attention layers only.")
+            raise ValueError("ELITE's training processor supports SD1.x cross-attention layers only.")
         q = attn.to_q(hidden_states)
-        out = sdpa_attention(q, self.to_k(encoder_hidden_states), self.to_v(encoder_hidden_states), attn.heads)
+        k, v = self.to_k(encoder_hidden_states), self.to_v(encoder_hidden_states)
+        out = sdpa_attention(q, k, v, attn.heads)
+        if self.local_kv is not None:
+            inputs = self.local_inputs
+            selection = F.one_hot(inputs.index.to(q.device), k.shape[1]).to(q.dtype)
+            k_local, v_local = self.local_kv[0](inputs.tokens), self.local_kv[1](inputs.tokens)
+            inputs.values.append(v_local)
+            out = out + local_term(q, k, selection, k_local, v_local, attn.heads, 1.0, sdpa_attention, per_sample=False)
         return attn.to_out[1](attn.to_out[0](out))
+
+
+def _site_kv(mapper: nn.Module, prefix: str) -> tuple[nn.Linear, nn.Linear]:
+    return getattr(mapper, f"{prefix}_to_k"), getattr(mapper, f"{prefix}_to_v")
+
+
+def _install(unet: nn.Module, make) -> None:
+    processors = dict(unet.attn_processors)
+    for site in SD1_ATTN2_SITES:
+        processors[f"{site.diffusers}.processor"] = make(site.ckpt_prefix)
+    unet.set_attn_processor(processors)
 
 
 def new_global_mapper(unet: nn.Module, widths: MapperWidths, seed: int) -> GlobalMapper:
@@ -99,14 +135,15 @@ def new_global_mapper(unet: nn.Module, widths: MapperWidths, seed: int) -> Globa
         mapper = GlobalMapper(widths, with_kv=True)
     with torch.no_grad():
         for prefix, attn in attn2_modules(unet).items():
-            getattr(mapper, f"{prefix}_to_k").weight.copy_(attn.to_k.weight)
-            getattr(mapper, f"{prefix}_to_v").weight.copy_(attn.to_v.weight)
+            to_k, to_v = _site_kv(mapper, prefix)
+            to_k.weight.copy_(attn.to_k.weight)
+            to_v.weight.copy_(attn.to_v.weight)
     return mapper
 
 
 class GlobalStage(nn.Module):
     """The global stage's loss. The mapper (MLPs and K/V) is the only parameter; the frozen models
-    are held outside the module's parameters. Installs :class:`GlobalKVProcessor` on the UNet's attn2."""
+    are held outside the module's parameters. Installs :class:`StageAttnProcessor` on the UNet's attn2."""
 
     def __init__(self, mapper: GlobalMapper, unet: nn.Module, text_encoder: nn.Module, image_encoder: nn.Module,
                  schedule: NoiseSchedule | None = None, word_regulariser: float = GLOBAL_WORD_REGULARISER):
@@ -115,11 +152,7 @@ class GlobalStage(nn.Module):
         self._frozen = (unet, text_encoder, image_encoder)
         self.schedule = schedule or scaled_linear_schedule()
         self.word_regulariser = word_regulariser
-        processors = dict(unet.attn_processors)
-        for site in SD1_ATTN2_SITES:
-            processors[f"{site.diffusers}.processor"] = GlobalKVProcessor(
-                getattr(mapper, f"{site.ckpt_prefix}_to_k"), getattr(mapper, f"{site.ckpt_prefix}_to_v"))
-        unet.set_attn_processor(processors)
+        _install(unet, lambda prefix: StageAttnProcessor(*_site_kv(mapper, prefix)))
 
     def forward(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, pixels_clip: torch.Tensor,
                 input_ids: torch.Tensor, placeholder_index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -134,3 +167,78 @@ class GlobalStage(nn.Module):
         mse = F.mse_loss(predicted.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3)).mean()
         regulariser = words.abs().mean() * self.word_regulariser
         return mse + regulariser, {"mse": mse.detach(), "regulariser": regulariser.detach()}
+
+
+LOCAL_VALUE_REGULARISER = 1e-4
+LOSS_NORMALISATIONS = ("reference", "per_element")
+
+
+def new_local_mapper(unet: nn.Module, widths: MapperWidths, seed: int) -> LocalMapper:
+    """A local mapper to train: seeded default init of the MLPs, local K/V copied from the UNet's attn2."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mapper = LocalMapper(widths, with_kv=True)
+    with torch.no_grad():
+        for prefix, attn in attn2_modules(unet).items():
+            to_k, to_v = _site_kv(mapper, prefix)
+            to_k.weight.copy_(attn.to_k.weight)
+            to_v.weight.copy_(attn.to_v.weight)
+    return mapper
+
+
+def object_token_mask(object_segmentation: torch.Tensor, grid: int = 16) -> torch.Tensor:
+    """(B, grid², 1): the object mask (B, C, 224, 224) in {0, 1}, nearest-resized to the CLIP patch grid."""
+    mask = F.interpolate(object_segmentation, size=(grid, grid), mode="nearest")
+    return mask[:, 0].reshape(mask.shape[0], -1, 1)
+
+
+class LocalStage(nn.Module):
+    """The local stage's loss (§9.2). The local mapper (MLPs and its 16 K/V) is the only parameter;
+    the global mapper is frozen and only its first word w0 is injected; the UNet runs both branches
+    at λ = 1 with the global mapper's K/V for the text.
+
+    ``normalisation``: "reference" divides the masked squared error summed over the 4 latent channels
+    by the mask summed over one channel (4x a per-element mean, as the reference computes it);
+    "per_element" is the per-element mean over the masked region.
+    """
+
+    def __init__(self, local_mapper: LocalMapper, global_mapper: GlobalMapper, unet: nn.Module,
+                 text_encoder: nn.Module, image_encoder: nn.Module, schedule: NoiseSchedule | None = None,
+                 value_regulariser: float = LOCAL_VALUE_REGULARISER, normalisation: str = "reference"):
+        super().__init__()
+        if normalisation not in LOSS_NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {LOSS_NORMALISATIONS}, got {normalisation!r}")
+        self.local_mapper = local_mapper
+        global_mapper.requires_grad_(False).eval()
+        self._frozen = (unet, text_encoder, image_encoder, global_mapper)
+        self.schedule = schedule or scaled_linear_schedule()
+        self.value_regulariser, self.normalisation = value_regulariser, normalisation
+        self._inputs = _LocalInputs()
+        _install(unet, lambda prefix: StageAttnProcessor(*_site_kv(global_mapper, prefix),
+                                                         local_kv=_site_kv(local_mapper, prefix),
+                                                         local_inputs=self._inputs))
+
+    def forward(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, pixels_clip: torch.Tensor,
+                pixels_object: torch.Tensor, object_segmentation: torch.Tensor, mask: torch.Tensor,
+                input_ids: torch.Tensor, placeholder_index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        unet, text_encoder, image_encoder, global_mapper = self._frozen
+        with torch.no_grad():
+            word = global_mapper(vision_features(image_encoder, pixels_clip))[:, :1]
+            object_features = vision_features(image_encoder, pixels_object)
+        tokens = self.local_mapper(object_features) * object_token_mask(object_segmentation)
+        with injected_words(text_encoder, placeholder_index, word):
+            context = text_encoder(input_ids=input_ids)[0]
+        self._inputs.tokens, self._inputs.index, self._inputs.values = tokens, placeholder_index, []
+        try:
+            predicted = unet(add_noise(latents, noise, timesteps, self.schedule), timesteps,
+                             encoder_hidden_states=context).sample
+            values = self._inputs.values
+        finally:
+            self._inputs.tokens, self._inputs.index, self._inputs.values = None, None, []
+        error = (predicted.float() - noise.float()) ** 2 * mask
+        covered = mask.sum(dim=(1, 2, 3))
+        if self.normalisation == "per_element":
+            covered = covered * error.shape[1] / mask.shape[1]
+        data = (error.sum(dim=(1, 2, 3)) / covered).mean()
+        regulariser = torch.stack([v.abs().mean() for v in values]).mean() * self.value_regulariser
+        return data + regulariser, {"masked_mse": data.detach(), "regulariser": regulariser.detach()}

@@ -41,9 +41,13 @@ def placeholder_selection(context: torch.Tensor, fingerprints: torch.Tensor) -> 
     return first.to(context.dtype)
 
 
-def placeholder_gate(q: torch.Tensor, k: torch.Tensor, selection: torch.Tensor, heads: int) -> torch.Tensor:
+def placeholder_gate(q: torch.Tensor, k: torch.Tensor, selection: torch.Tensor, heads: int,
+                     per_sample: bool = True) -> torch.Tensor:
     """The placeholder's text-attention probability per head and query, normalised by its maximum
     over heads and positions of each sample: (b, heads, n), fp32. Zero for rows without a placeholder.
+
+    ``per_sample=False`` takes one maximum over the whole batch, as the reference's training step does
+    (it folds the batch into one tensor); at inference the reference runs one sample at a time.
 
     Only the placeholder's column of the softmax is formed: its logit, minus the log-sum-exp of all
     logits (computed in q's dtype, reduced in fp32).
@@ -54,7 +58,7 @@ def placeholder_gate(q: torch.Tensor, k: torch.Tensor, selection: torch.Tensor, 
     chosen = torch.einsum("bhnt,bt->bhn", logits, selection.float())
     present = selection.amax(dim=-1).float().view(-1, 1, 1)
     gate = torch.exp(chosen - torch.logsumexp(logits, dim=-1)) * present
-    peak = gate.amax(dim=(1, 2), keepdim=True)
+    peak = gate.amax(dim=(1, 2), keepdim=True) if per_sample else gate.amax()
     return gate / peak.clamp_min(torch.finfo(torch.float32).tiny)
 
 
@@ -67,13 +71,15 @@ def local_term(
     heads: int,
     scale: torch.Tensor | float,
     attention: AttentionFn,
+    per_sample: bool = True,
 ) -> torch.Tensor:
     """λ · A ⊙ attention(q, k_local, v_local), in q's dtype: the term ELITE adds before ``to_out``.
 
     The local attention asks for an fp32 softmax (``attn_precision``), as the gate's is.
+    ``per_sample`` is :func:`placeholder_gate`'s.
     """
     b, n, inner = q.shape
-    gate = placeholder_gate(q, k, selection, heads)  # (b, h, n)
+    gate = placeholder_gate(q, k, selection, heads, per_sample)  # (b, h, n)
     if k_local.shape[0] != b:
         k_local, v_local = k_local.expand(b, -1, -1), v_local.expand(b, -1, -1)
     local = attention(q, k_local, v_local, heads, attn_precision=torch.float32).view(b, n, heads, inner // heads)
