@@ -29,6 +29,10 @@ PROMPTS = ["a photo of S on the beach", "S"]  # placeholder at token 4 and at to
 
 @pytest.fixture(scope="module")
 def models():
+    return build_training_models()
+
+
+def build_training_models():
     """UNet (SD1.5 block layout), CLIP text (768 wide, 2 layers), CLIP vision (ViT-L/14's 24 layers
     and 257 tokens, 64 wide), VAE: tiny, seeded, RANDOM weights; and ComfyUI's CLIP tokenizer."""
     import comfy.sd1_clip

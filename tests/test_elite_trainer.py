@@ -1,0 +1,132 @@
+"""The ELITE trainer (elite_training.elite) on accelerate: the folder data, one vs two processes,
+exact resume, and the trained mapper in ComfyUI. Tiny seeded RANDOM models saved as an SD1.x
+diffusers folder with ComfyUI's real CLIP tokenizer files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import BASE_DIR, COMFY_DIR, ELITE_MODELS
+from test_elite_training import build_training_models
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from elite_training.elite_data import (  # noqa: E402
+    FolderDataset,
+    reference_caption,
+    reference_placeholder_index,
+    sample_generator,
+)
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sd15-diffusers")
+    unet, text, vision, vae, _ = build_training_models()
+    unet.save_pretrained(root / "unet")
+    vae.save_pretrained(root / "vae")
+    text.save_pretrained(root / "text_encoder")
+    vision.save_pretrained(root / "image_encoder")
+    shutil.copytree(COMFY_DIR / "comfy" / "sd1_tokenizer", root / "tokenizer")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("objects")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(1)
+    for i, (w, h) in enumerate([(96, 80), (64, 64), (120, 90)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "images" / f"obj{i}.png")
+        if i != 1:  # one image without a mask: the whole image is the object
+            mask = np.zeros((h, w), np.uint8)
+            mask[h // 4:3 * h // 4, w // 5:w // 2] = 255
+            Image.fromarray(mask).save(root / "masks" / f"obj{i}.png")
+    (root / "images" / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+def test_folder_data_is_seeded_and_skips_unreadable_files(data):
+    dataset = FolderDataset(str(data), resolution=64)
+    assert len(dataset) == 3 and dataset.skipped == 1
+    a, b = dataset.sample(0, sample_generator(0, 5, 1)), dataset.sample(0, sample_generator(0, 5, 1))
+    assert torch.equal(a.pixels, b.pixels) and torch.equal(a.pixels_clip, b.pixels_clip) and a.caption == b.caption
+    c = dataset.sample(0, sample_generator(0, 6, 1))
+    assert not torch.equal(a.pixels_clip, c.pixels_clip)
+    assert a.pixels.shape == (3, 64, 64) and a.pixels_clip.shape == (3, 224, 224)
+    # the object box: obj0's mask covers columns 19..47 and rows 20..59, padded by 10 px
+    assert a.pixels.abs().max() <= 1.0
+    # the reference's caption and index quirks (elite-reference §1.1, §9.1)
+    assert reference_caption("the photo of a {}") == "ahe photo of a S"
+    assert reference_placeholder_index("a photo of a S") == 5
+    assert reference_placeholder_index("a close-up photo of a S") == 6  # a word index used as a token index
+
+
+def launch(tmp_path: Path, base_model: Path, data: Path, out: str, *extra: str, processes: int = 1) -> Path:
+    launcher = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--cpu", "--num_processes", "1"]
+    output = tmp_path / out
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
+               "-m", "elite_training.elite", "--pretrained", str(base_model),
+               "--image-encoder", str(base_model / "image_encoder"), "--data", str(data), "--output-dir", str(output),
+               "--resolution", "64", "--gradient-accumulation", "1", "--learning-rate", "1e-3", "--cpu", *extra]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return output
+
+
+def losses(output: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (output / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, base_model, data):
+    two_dir = launch(tmp_path, base_model, data, "two", "--steps", "2", "--batch-size", "1", processes=2)
+    one_dir = launch(tmp_path, base_model, data, "one", "--steps", "2", "--batch-size", "2")
+    init_dir = launch(tmp_path, base_model, data, "init", "--steps", "0", "--batch-size", "2")
+    np.testing.assert_allclose(losses(two_dir), losses(one_dir), rtol=1e-5)
+    two, one, init = (load_file(str(d / "global_mapper.safetensors")) for d in (two_dir, one_dir, init_dir))
+    assert two.keys() == one.keys() == init.keys()
+    # The updates agree: AdamW's first steps move a weight by about ±lr whatever its gradient's size,
+    # so a weight with a ~0 gradient can differ by a rounding of the summation order; compare the
+    # whole update instead of each weight.
+    flat = lambda d: torch.cat([d[k].flatten() for k in sorted(d)])  # noqa: E731
+    update_two, update_one = flat(two) - flat(init), flat(one) - flat(init)
+    assert update_one.norm() > 0
+    assert (update_two - update_one).norm() < 1e-2 * update_one.norm()
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, base_model, data):
+    whole = launch(tmp_path, base_model, data, "whole", "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2")
+    assert (whole / "checkpoint-2").is_dir() and (whole / "mapper_000002.safetensors").is_file()
+    resumed = tmp_path / "resumed"
+    shutil.copytree(whole / "checkpoint-2", resumed / "checkpoint-2")
+    launch(tmp_path, base_model, data, "resumed", "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2",
+           "--resume", "latest")
+    a, b = load_file(str(whole / "global_mapper.safetensors")), load_file(str(resumed / "global_mapper.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    halfway = load_file(str(whole / "mapper_000002.safetensors"))
+    assert not all(torch.equal(a[k], halfway[k]) for k in a)
+    # the trained file is what the loader node reads: copy it into models/elite and run the workflow
+    shutil.copyfile(whole / "global_mapper.safetensors", ELITE_MODELS / "trained_global.safetensors")
+    from test_workflows import run_prompt, tiny_prompt
+
+    prompt = tiny_prompt("elite_global")
+    for node in prompt.values():
+        if node["class_type"] == "ELITEGlobalMapperLoader":
+            node["inputs"]["mapper_name"] = "trained_global.safetensors"
+    executor = run_prompt(prompt)
+    assert executor.success, [m for m in executor.status_messages if m[0] == "execution_error"]
+    assert (BASE_DIR / "models" / "elite" / "trained_global.safetensors").is_file()
