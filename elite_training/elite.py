@@ -1,17 +1,19 @@
-"""Train ELITE's global mapper (the first stage of Wei et al., ICCV 2023) on your own images, with
-``accelerate`` on a CPU, one GPU, several GPUs or several machines (data parallel).
+"""Train ELITE's mappers (Wei et al., ICCV 2023) on your own images, both stages, with ``accelerate``
+on a CPU, one GPU, several GPUs or several machines (data parallel).
 
     accelerate launch -m elite_training.elite --pretrained sd15-diffusers/ --image-encoder clip-vit-large-patch14/ \\
         --data my_objects/ --output-dir runs/global
+    accelerate launch -m elite_training.elite --stage local --global-mapper runs/global/global_mapper.safetensors \\
+        --pretrained sd15-diffusers/ --image-encoder clip-vit-large-patch14/ --data my_objects/ --output-dir runs/local
 
 ``--pretrained`` is an SD1.x diffusers folder (unet/, vae/, text_encoder/, tokenizer/) and
 ``--image-encoder`` a CLIP ViT-L/14 vision folder (transformers layout); both load offline. The data
-layout is :mod:`elite_training.elite_data`'s. Defaults are the reference's (§9.3): batch 4 per
-process, gradient accumulation 4, AdamW (0.9, 0.999, wd 1e-2) at 1e-6 x total batch, constant,
-clipping at 1.0, 512 px, a mapper file every 200 steps.
+layout is :mod:`elite_training.elite_data`'s. Defaults are the reference's (§9.3): batch 4 (global) /
+2 (local) per process, gradient accumulation 4, AdamW (0.9, 0.999, wd 1e-2) at 1e-6 / 1e-5 x total
+batch, constant, clipping at 1.0, 512 px, a mapper file every 200 steps.
 
-The maths is ``elite_core.elite_objectives.GlobalStage``, the same cross-attention and injection the
-nodes run. Every sample's draws (which image, augmentations, caption, noise, timestep) come from the
+The maths is ``elite_core.elite_objectives`` (``GlobalStage``, ``LocalStage``): the same
+cross-attention and injection the nodes run. Every sample's draws (which image, augmentations, caption, noise, timestep) come from the
 seed and its place in the global batch, so N processes x batch b train as 1 process x N*b, and a
 run resumed from a checkpoint continues exactly as if it had not stopped.
 """
@@ -27,31 +29,45 @@ import time
 
 import torch
 
-from elite_core.checkpoint import save_mapper_safetensors
-from elite_core.elite_objectives import GlobalStage, attn2_modules, new_global_mapper, posterior_sample
-from elite_core.mappers import MapperWidths
+from elite_core.checkpoint import MapperFormatError, load_mapper_state_dict, save_mapper_safetensors
+from elite_core.elite_objectives import (
+    LOSS_NORMALISATIONS,
+    GlobalStage,
+    LocalStage,
+    attn2_modules,
+    new_global_mapper,
+    new_local_mapper,
+    posterior_sample,
+)
+from elite_core.mappers import GlobalMapper, MapperWidths, build_mapper
 from elite_core.noise_schedule import NUM_TRAIN_TIMESTEPS
 from elite_core.sites import SD1_ATTN2_SITES
 
-from .elite_data import DataError, FolderDataset, reference_placeholder_index, sample_generator
+from .elite_data import DataError, FolderDataset, LocalFolderDataset, reference_placeholder_index, sample_generator
 
 log = logging.getLogger("elite.train")
 
-BASE_LEARNING_RATE = 1e-6  # x per-process batch x accumulation x processes (the reference's --scale_lr)
+# x per-process batch x accumulation x processes (the reference's --scale_lr)
+BASE_LEARNING_RATE = {"global": 1e-6, "local": 1e-5}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="accelerate launch -m elite_training.elite", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--stage", choices=("global", "local"), default="global",
+                   help="global: the mapper and its K/V; local: the local mapper, with a trained --global-mapper")
+    p.add_argument("--global-mapper", default=None, help="the trained global mapper file (local stage)")
+    p.add_argument("--loss-normalisation", choices=LOSS_NORMALISATIONS, default="reference",
+                   help="local stage: the reference's (4x a per-element mean) or a per-element mean")
     p.add_argument("--pretrained", required=True, help="SD1.x diffusers folder (unet/, vae/, text_encoder/, tokenizer/)")
     p.add_argument("--image-encoder", required=True, help="CLIP ViT-L/14 vision model folder (transformers)")
     p.add_argument("--data", required=True, help="folder with images/ and optional masks/")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--steps", type=int, default=200_000, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=4, help="per process and micro-step")
+    p.add_argument("--batch-size", type=int, default=None, help="per process and micro-step (reference: 4 global, 2 local)")
     p.add_argument("--gradient-accumulation", type=int, default=4)
     p.add_argument("--learning-rate", type=float, default=None,
-                   help=f"default: {BASE_LEARNING_RATE} x batch x accumulation x processes")
+                   help="default: 1e-6 (global) or 1e-5 (local) x batch x accumulation x processes")
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--resolution", type=int, default=512)
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints and mapper files")
@@ -59,7 +75,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     p.add_argument("--cpu", action="store_true", help="train on the CPU (tests)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.batch_size is None:
+        args.batch_size = 4 if args.stage == "global" else 2
+    if args.stage == "local" and not args.global_mapper:
+        p.error("the local stage needs --global-mapper (the trained global mapper file)")
+    return args
 
 
 def load_models(pretrained: str, image_encoder: str, device, dtype):
@@ -107,23 +128,43 @@ def micro_batch(dataset, tokenizer, vae, step: int, micro: int, config, rank: in
                      int(torch.randint(NUM_TRAIN_TIMESTEPS, (1,), generator=gen))))
     captions = [row[0].caption for row in rows]
     ids = tokenizer(captions, padding="max_length", truncation=True, max_length=77, return_tensors="pt").input_ids
-    pixels = torch.stack([row[0].pixels for row in rows]).to(device, dtype)
+    stack = lambda name: torch.stack([getattr(row[0], name) for row in rows])  # noqa: E731
+    pixels = stack("pixels").to(device, dtype)
     with torch.no_grad():
         latents = posterior_sample(vae, pixels, torch.stack([row[1] for row in rows]).to(device, dtype)).float()
-    return dict(latents=latents, noise=torch.stack([row[2] for row in rows]).to(device),
-                timesteps=torch.tensor([row[3] for row in rows], device=device),
-                pixels_clip=torch.stack([row[0].pixels_clip for row in rows]).to(device, dtype),
-                input_ids=ids.to(device),
-                placeholder_index=torch.tensor([reference_placeholder_index(c) for c in captions], device=device))
+    batch = dict(latents=latents, noise=torch.stack([row[2] for row in rows]).to(device),
+                 timesteps=torch.tensor([row[3] for row in rows], device=device),
+                 pixels_clip=stack("pixels_clip").to(device, dtype), input_ids=ids.to(device),
+                 placeholder_index=torch.tensor([reference_placeholder_index(c) for c in captions], device=device))
+    if config.stage == "local":
+        batch.update(pixels_object=stack("pixels_object").to(device, dtype),
+                     object_segmentation=stack("object_segmentation").to(device, dtype), mask=stack("mask").to(device))
+    return batch
+
+
+def trained_mapper(stage) -> torch.nn.Module:
+    return stage.mapper if isinstance(stage, GlobalStage) else stage.local_mapper
 
 
 def save_mapper(accelerator, stage, path: str, step: int, config) -> None:
-    state = {k: v.float() for k, v in accelerator.unwrap_model(stage).mapper.state_dict().items()}
-    metadata = {"stage": "global", "step": str(step), "base_model": os.path.basename(os.path.normpath(config.pretrained)),
+    state = {k: v.float() for k, v in trained_mapper(accelerator.unwrap_model(stage)).state_dict().items()}
+    metadata = {"stage": config.stage, "step": str(step), "base_model": os.path.basename(os.path.normpath(config.pretrained)),
                 "trainer": "elite-personalize elite_training.elite"}
     partial = path + ".partial"
-    save_mapper_safetensors(state, partial, kind="global", metadata=metadata)
+    save_mapper_safetensors(state, partial, kind=config.stage, metadata=metadata)
     os.replace(partial, path)
+
+
+def load_global_mapper(path: str, widths: MapperWidths) -> GlobalMapper:
+    """The trained global mapper (MLPs and K/V) the local stage starts from; it must fit the base model."""
+    try:
+        state, found = load_mapper_state_dict(path, kind="global")
+    except (MapperFormatError, OSError) as exc:
+        raise DataError(f"--global-mapper: {exc}") from None
+    if found != widths:
+        raise DataError(f"--global-mapper {path!r} has widths {found}, but the base models need {widths}: train the "
+                        "global stage on the same --pretrained and --image-encoder first.")
+    return build_mapper(GlobalMapper, state, widths).float()
 
 
 def find_resume(config) -> str | None:
@@ -136,13 +177,19 @@ def find_resume(config) -> str | None:
 
 
 def train(accelerator, models, dataset, config) -> str:
-    """Run the global stage; returns the final mapper file (on every process)."""
+    """Run the chosen stage; returns the final mapper file (on every process)."""
     unet, vae, text, tokenizer, vision = models
     device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
-    mapper = new_global_mapper(unet, mapper_widths(unet, vision), seed=config.seed).to(device)
-    stage = GlobalStage(mapper, unet, text, vision)
-    lr = config.learning_rate or BASE_LEARNING_RATE * config.batch_size * config.gradient_accumulation * world
+    widths = mapper_widths(unet, vision)
+    if config.stage == "global":
+        stage = GlobalStage(new_global_mapper(unet, widths, seed=config.seed).to(device), unet, text, vision)
+    else:
+        global_mapper = load_global_mapper(config.global_mapper, widths).to(device)
+        stage = LocalStage(new_local_mapper(unet, widths, seed=config.seed).to(device), global_mapper, unet, text,
+                           vision, normalisation=config.loss_normalisation)
+    base = BASE_LEARNING_RATE[config.stage]
+    lr = config.learning_rate or base * config.batch_size * config.gradient_accumulation * world
     optimizer = torch.optim.AdamW(stage.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     stage, optimizer = accelerator.prepare(stage, optimizer)
     os.makedirs(config.output_dir, exist_ok=True)
@@ -192,7 +239,7 @@ def train(accelerator, models, dataset, config) -> str:
         if step > start:
             checkpoint(step)
         raise
-    final = os.path.join(config.output_dir, "global_mapper.safetensors")
+    final = os.path.join(config.output_dir, f"{config.stage}_mapper.safetensors")
     if accelerator.is_main_process:
         save_mapper(accelerator, stage, final, config.steps, config)
     accelerator.wait_for_everyone()
@@ -208,15 +255,20 @@ def main(argv=None) -> int:
         log.error("The trainer needs Hugging Face accelerate: pip install -r requirements-train.txt")
         return 2
     try:
-        dataset = FolderDataset(config.data, config.resolution)
         accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
         models = load_models(config.pretrained, config.image_encoder, accelerator.device, dtype)
+        if config.stage == "global":
+            dataset = FolderDataset(config.data, config.resolution)
+        else:
+            vae = models[1]
+            dataset = LocalFolderDataset(config.data, config.resolution, 2 ** (len(vae.config.block_out_channels) - 1))
         path = train(accelerator, models, dataset, config)
     except DataError as exc:
         log.error("%s", exc)
         return 2
-    log.info("done: %s (load it with ELITE Global Mapper Loader from ComfyUI/models/elite/)", path)
+    log.info("done: %s (put it in ComfyUI/models/elite/ and load it with the ELITE %s Mapper Loader)", path,
+             config.stage.capitalize())
     return 0
 
 

@@ -155,3 +155,139 @@ class FolderDataset:
         crop_tensor = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1)
         template = TEMPLATES[int(torch.randint(len(TEMPLATES), (1,), generator=gen))]
         return FolderSample(pixels, clip_view(crop_tensor, gen), reference_caption(template))
+
+
+# --------------------------------------------------------------------------- local stage
+
+MIN_OBJECT_SIDE = 100  # px: the reference keeps mask boxes at least this tall and wide ...
+ASPECT_RANGE = (0.5, 2.0)  # ... and of this aspect ratio
+
+
+@dataclass
+class LocalSample:
+    pixels: torch.Tensor  # (3, r, r) in [-1, 1]: the object at a random scale (the UNet's target)
+    mask: torch.Tensor  # (1, r/down, r/down): where the target is valid (the pasted area, shrunk)
+    pixels_clip: torch.Tensor  # (3, 224, 224): the crop, CLIP-normalised, not augmented
+    pixels_object: torch.Tensor  # (3, 224, 224): the masked object, jointly augmented, CLIP-normalised
+    object_segmentation: torch.Tensor  # (3, 224, 224) in {0, 1}: its mask, augmented alike
+    caption: str
+
+
+def _even_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the mask's object, odd extents enlarged by 1 px where they fit
+    (the reference's ``cal_bbox_by_seg``)."""
+    rows, cols = np.nonzero(mask)
+    top, bottom, left, right = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+    if (bottom - top) % 2 and bottom + 1 < mask.shape[0]:
+        bottom += 1
+    if (right - left) % 2 and right + 1 < mask.shape[1]:
+        right += 1
+    return top, bottom, left, right
+
+
+def _clip_normalise(image: torch.Tensor) -> torch.Tensor:
+    return (image - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def _randint(gen: torch.Generator, low: int, high: int) -> int:
+    """An integer in [low, high]."""
+    return int(torch.randint(low, high + 1, (1,), generator=gen))
+
+
+class LocalFolderDataset(FolderDataset):
+    """The plain folder layout for the local stage: every image needs its mask; objects smaller than
+    100 px or of aspect outside [0.5, 2] are skipped and counted, as the reference filters them."""
+
+    def __init__(self, root: str, resolution: int = 512, latent_down: int = 8):
+        super().__init__(root, resolution)
+        self.latent_down = latent_down
+        kept = []
+        for image_path, mask_path in self.items:
+            if mask_path is None:
+                self.skipped += 1
+                log.warning("skipping %s for the local stage: it has no mask in masks/", os.path.basename(image_path))
+                continue
+            with Image.open(image_path) as img, Image.open(mask_path) as m:
+                mask = np.asarray(m.convert("L").resize(img.size, Image.NEAREST)) > 127
+            if not mask.any():
+                self.skipped += 1
+                continue
+            top, bottom, left, right = _even_box(mask)
+            height, width = bottom - top, right - left
+            if min(height, width) < MIN_OBJECT_SIDE or not ASPECT_RANGE[0] <= height / width <= ASPECT_RANGE[1]:
+                self.skipped += 1
+                continue
+            kept.append((image_path, mask_path))
+        self.items = kept
+        if not self.items:
+            raise DataError(f"No image in {root!r} has an object mask of at least {MIN_OBJECT_SIDE} px with an aspect "
+                            f"ratio in {ASPECT_RANGE}: the local stage needs masks/ for its images.")
+
+    def sample(self, index: int, gen: torch.Generator) -> LocalSample:
+        image_path, mask_path = self.items[index % len(self.items)]
+        with Image.open(image_path) as img:
+            image = ImageOps.exif_transpose(img).convert("RGB")
+        with Image.open(mask_path) as m:
+            mask = Image.fromarray(((np.asarray(m.convert("L").resize(image.size, Image.NEAREST)) > 127) * 255).astype(np.uint8))
+        top, bottom, left, right = _even_box(np.asarray(mask) > 0)
+        pad = _randint(gen, 10, 19)
+        box = (max(left - pad, 0), max(top - pad, 0), right + pad, bottom + pad)
+        crop, crop_mask = image.crop(box), mask.crop(box)
+        pixels, valid, prefix = self._scaled_target(crop, gen)
+        template = TEMPLATES[int(torch.randint(len(TEMPLATES), (1,), generator=gen))]
+        caption = prefix + template.format(PLACEHOLDER)[1:]
+        obj = Image.fromarray((np.asarray(crop, dtype=np.float32) * (np.asarray(crop_mask)[..., None] / 255.0)).astype(np.uint8))
+        obj_t, seg_t = self._joint_augment(obj.resize((224, 224), Image.BICUBIC),
+                                           crop_mask.resize((224, 224), Image.NEAREST), gen)
+        clip_t = _to_tensor(crop.resize((224, 224), Image.BICUBIC))
+        return LocalSample(pixels, valid, _clip_normalise(clip_t), _clip_normalise(obj_t),
+                           (seg_t > 0.5).float().expand(3, -1, -1).clone(), caption)
+
+    def _scaled_target(self, crop: Image.Image, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """Custom Diffusion's random scale: s in [170, 512] w.p. 2/3, else [614, 715] (at 512 px)."""
+        r, down = self.resolution, self.latent_down
+        u = torch.rand(2, generator=gen).tolist()
+        low, high = (170, 512) if u[0] < 2 / 3 else (614, 715)
+        size = _randint(gen, low * r // 512, high * r // 512) // 2 * 2
+        latent = r // down
+        valid = torch.ones(1, latent, latent)
+        if size < 0.6 * r:
+            canvas = Image.new("RGB", (r, r))
+            x, y = _randint(gen, 0, r - size), _randint(gen, 0, r - size)
+            canvas.paste(crop.resize((size, size), Image.BICUBIC), (x, y))
+            valid = torch.zeros(1, latent, latent)
+            valid[:, y // down + 1:(y + size) // down - 1, x // down + 1:(x + size) // down - 1] = 1.0
+            target, prefix = canvas, ("a far away" if u[1] < 0.5 else "very small")
+        elif size > r:
+            x, y = _randint(gen, 0, size - r), _randint(gen, 0, size - r)
+            target = crop.resize((size, size), Image.BICUBIC).crop((x, y, x + r, y + r))
+            prefix = "zoomed in" if u[1] < 0.5 else "close up"
+        else:
+            target, prefix = crop.resize((r, r), Image.BICUBIC), "a"
+        return _to_tensor(target) * 2.0 - 1.0, valid, prefix
+
+    @staticmethod
+    def _joint_augment(obj: Image.Image, seg: Image.Image, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each with probability 1/2: resize to 224-256 and a random 224 crop; an integer rotation in
+        [-30, 30] degrees; an integer translation in [-60, 60] px. Bicubic for the object, nearest for
+        its mask, black borders. Returns (object in [0, 1], mask in {0, 1}) tensors."""
+        u = torch.rand(3, generator=gen).tolist()
+        if u[0] < 0.5:
+            size = _randint(gen, 224, 256)
+            x, y = _randint(gen, 0, size - 224), _randint(gen, 0, size - 224)
+            obj = obj.resize((size, size), Image.BICUBIC).crop((x, y, x + 224, y + 224))
+            seg = seg.resize((size, size), Image.NEAREST).crop((x, y, x + 224, y + 224))
+        if u[1] < 0.5:
+            angle = float(_randint(gen, -30, 30))
+            obj = TF.rotate(obj, angle, interpolation=InterpolationMode.BICUBIC)
+            seg = TF.rotate(seg, angle, interpolation=InterpolationMode.NEAREST)
+        if u[2] < 0.5:
+            shift = [_randint(gen, -60, 60), _randint(gen, -60, 60)]
+            obj = TF.affine(obj, angle=0.0, translate=shift, scale=1.0, shear=[0.0], interpolation=InterpolationMode.BICUBIC)
+            seg = TF.affine(seg, angle=0.0, translate=shift, scale=1.0, shear=[0.0], interpolation=InterpolationMode.NEAREST)
+        seg_t = torch.from_numpy(np.asarray(seg, dtype=np.float32) / 255.0)[None]
+        return _to_tensor(obj), seg_t

@@ -130,3 +130,63 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, base_model, data):
     executor = run_prompt(prompt)
     assert executor.success, [m for m in executor.status_messages if m[0] == "execution_error"]
     assert (BASE_DIR / "models" / "elite" / "trained_global.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def object_data(tmp_path_factory) -> Path:
+    """Objects big enough for the local stage (>= 100 px, aspect within [0.5, 2]), one without a
+    mask and one too small: both skipped."""
+    root = tmp_path_factory.mktemp("local-objects")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(2)
+    for i, (w, h, box) in enumerate([(200, 180, (30, 20, 170, 160)), (240, 160, (60, 25, 200, 150)),
+                                     (160, 160, None), (160, 160, (10, 10, 60, 60))]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "images" / f"obj{i}.png")
+        if box:
+            mask = np.zeros((h, w), np.uint8)
+            mask[box[1]:box[3], box[0]:box[2]] = 255
+            Image.fromarray(mask).save(root / "masks" / f"obj{i}.png")
+    return root
+
+
+def test_local_folder_data_follows_the_reference_augmentation(object_data):
+    from elite_training.elite_data import LocalFolderDataset
+
+    dataset = LocalFolderDataset(str(object_data), resolution=64, latent_down=2)
+    assert len(dataset) == 2 and dataset.skipped == 2
+    seen = set()
+    for step in range(40):
+        sample = dataset.sample(step % 2, sample_generator(3, step, 0))
+        again = dataset.sample(step % 2, sample_generator(3, step, 0))
+        assert torch.equal(sample.pixels, again.pixels) and torch.equal(sample.pixels_object, again.pixels_object)
+        assert sample.pixels.shape == (3, 64, 64) and sample.mask.shape == (1, 32, 32)
+        assert set(sample.object_segmentation.unique().tolist()) <= {0.0, 1.0}
+        prefix = sample.caption.split(" photo")[0].split(" rend")[0].split(" cropped")[0].split(" close-up")[0]
+        seen.add(prefix.replace(" dark", "").replace(" bright", "").replace(" good", ""))
+        if sample.caption.startswith(("a far away", "very small")):  # pasted small: valid only where pasted
+            assert 0 < sample.mask.mean() < 1
+            assert sample.pixels[:, sample.mask[0].repeat_interleave(2, 0).repeat_interleave(2, 1) == 0].max() <= 1.0
+        else:
+            assert sample.mask.min() == 1
+    assert {"a far away", "very small", "a"} & seen and ({"zoomed in", "close up"} & seen)
+
+
+def test_local_stage_trains_from_the_global_mapper_and_runs_in_comfyui(tmp_path, base_model, object_data):
+    trained_global = launch(tmp_path, base_model, object_data, "global", "--steps", "1", "--batch-size", "2")
+    local = launch(tmp_path, base_model, object_data, "local", "--stage", "local", "--steps", "2", "--batch-size", "2",
+                   "--global-mapper", str(trained_global / "global_mapper.safetensors"))
+    assert len(losses(local)) == 2 and all(np.isfinite(losses(local)))
+    shutil.copyfile(trained_global / "global_mapper.safetensors", ELITE_MODELS / "trained_g.safetensors")
+    shutil.copyfile(local / "local_mapper.safetensors", ELITE_MODELS / "trained_l.safetensors")
+    from elite_test_pack.workflows import with_tiny_models
+    from test_workflows import run_prompt
+
+    api = json.loads((REPO / "tests" / "api_workflows" / "elite_global_local.json").read_text())
+    executor = run_prompt(with_tiny_models(api, "trained_g.safetensors", "trained_l.safetensors"))
+    assert executor.success, [m for m in executor.status_messages if m[0] == "execution_error"]
+    # each loader refuses the other stage's file (the kind is in the metadata)
+    from comfyui_elite.nodes.nodes_mapper_loader import ELITELocalMapperLoader
+
+    with pytest.raises(Exception, match="global"):
+        ELITELocalMapperLoader.execute("trained_g.safetensors")
