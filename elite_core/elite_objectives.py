@@ -128,17 +128,26 @@ def _install(unet: nn.Module, make) -> None:
     unet.set_attn_processor(processors)
 
 
-def new_global_mapper(unet: nn.Module, widths: MapperWidths, seed: int) -> GlobalMapper:
-    """A global mapper to train: seeded default init of the MLPs, K/V copied from the UNet's attn2."""
+def new_mapper(kind: type[GlobalMapper] | type[LocalMapper], unet: nn.Module, widths: MapperWidths, seed: int):
+    """A mapper to train: seeded default init of the MLPs, K/V copied from the UNet's attn2 (the
+    reference starts both stages' K/V from SD's own ``to_k``/``to_v``)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        mapper = GlobalMapper(widths, with_kv=True)
+        mapper = kind(widths, with_kv=True)
     with torch.no_grad():
         for prefix, attn in attn2_modules(unet).items():
             to_k, to_v = _site_kv(mapper, prefix)
             to_k.weight.copy_(attn.to_k.weight)
             to_v.weight.copy_(attn.to_v.weight)
     return mapper
+
+
+def new_global_mapper(unet: nn.Module, widths: MapperWidths, seed: int) -> GlobalMapper:
+    return new_mapper(GlobalMapper, unet, widths, seed)
+
+
+def new_local_mapper(unet: nn.Module, widths: MapperWidths, seed: int) -> LocalMapper:
+    return new_mapper(LocalMapper, unet, widths, seed)
 
 
 class GlobalStage(nn.Module):
@@ -171,19 +180,6 @@ class GlobalStage(nn.Module):
 
 LOCAL_VALUE_REGULARISER = 1e-4
 LOSS_NORMALISATIONS = ("reference", "per_element")
-
-
-def new_local_mapper(unet: nn.Module, widths: MapperWidths, seed: int) -> LocalMapper:
-    """A local mapper to train: seeded default init of the MLPs, local K/V copied from the UNet's attn2."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        mapper = LocalMapper(widths, with_kv=True)
-    with torch.no_grad():
-        for prefix, attn in attn2_modules(unet).items():
-            to_k, to_v = _site_kv(mapper, prefix)
-            to_k.weight.copy_(attn.to_k.weight)
-            to_v.weight.copy_(attn.to_v.weight)
-    return mapper
 
 
 def object_token_mask(object_segmentation: torch.Tensor, grid: int = 16) -> torch.Tensor:

@@ -145,21 +145,27 @@ def test_global_stage_loss_and_gradient_equal_the_reference(models, batch, recor
     assert abs(stage(**moved)[0].item() - loss.item()) > 1e-6
 
 
-def test_global_stage_trains_only_the_mapper_and_reduces_the_loss(models, batch):
-    unet, text, vision, _, _ = models
-    unet = copy.deepcopy(unet)
-    frozen = [{k: v.clone() for k, v in m.state_dict().items()} for m in (unet, text, vision)]
-    mapper = new_global_mapper(unet, widths(unet), seed=1)
-    stage = GlobalStage(mapper, unet, text, vision)
+def train_steps(stage, batch, steps: int = 30) -> list[float]:
+    """AdamW (lr 1e-3) with the reference's gradient clipping at 1.0, on one fixed batch."""
     optimizer = torch.optim.AdamW(stage.parameters(), lr=1e-3)
     losses = []
-    for _ in range(30):
+    for _ in range(steps):
         loss, _ = stage(**batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(stage.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
+    return losses
+
+
+def test_global_stage_trains_only_the_mapper_and_reduces_the_loss(models, batch):
+    unet, text, vision, _, _ = models
+    unet = copy.deepcopy(unet)
+    frozen = [{k: v.clone() for k, v in m.state_dict().items()} for m in (unet, text, vision)]
+    mapper = new_global_mapper(unet, widths(unet), seed=1)
+    stage = GlobalStage(mapper, unet, text, vision)
+    losses = train_steps(stage, batch)
     assert losses[-1] < 0.8 * losses[0], losses
     assert {name for name, _ in stage.named_parameters()} == {f"mapper.{n}" for n, _ in mapper.named_parameters()}
     for old, module in zip(frozen, (unet, text, vision)):
@@ -286,15 +292,7 @@ def test_local_stage_trains_only_the_local_mapper_and_reduces_the_loss(models, l
     global_mapper = new_global_mapper(unet, widths(unet), seed=1)
     frozen = [{k: v.clone() for k, v in m.state_dict().items()} for m in (unet, text, vision, global_mapper)]
     stage = LocalStage(new_local_mapper(unet, widths(unet), seed=2), global_mapper, unet, text, vision)
-    optimizer = torch.optim.AdamW(stage.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(30):
-        loss, _ = stage(**local_batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(stage.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(stage, local_batch)
     assert losses[-1] < 0.8 * losses[0], losses
     assert {name.split(".")[0] for name, _ in stage.named_parameters()} == {"local_mapper"}
     for old, module in zip(frozen, (unet, text, vision, global_mapper)):
