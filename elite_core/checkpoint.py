@@ -259,6 +259,18 @@ def read_mapper_kind(path: str) -> str | None:
 # --------------------------------------------------------------------------- writing
 
 
+def write_atomically(path: str, write) -> None:
+    """``write(temporary_path)``, then rename the result to ``path``: a reader never sees a
+    half-written file, and a failed write leaves nothing behind."""
+    partial = path + ".partial"
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
 def save_mapper_safetensors(state_dict: dict[str, torch.Tensor], path: str, *, kind: str,
                             metadata: dict[str, str] | None = None) -> None:
     """Write a validated mapper state dict as safetensors, recording its kind ('global'/'local')
@@ -282,4 +294,5 @@ __all__ = [
     "save_mapper_safetensors",
     "validate_mapper_state_dict",
     "widths_from_state_dict",
+    "write_atomically",
 ]

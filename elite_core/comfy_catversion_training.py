@@ -25,6 +25,7 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
+from . import checkpoint
 from .catversion import NUM_TEXT_LAYERS, PREFIX_LOGIT_BIAS, CatVersionPrefix, save_catversion_safetensors
 from .catversion_training import CatVersionRecipe, StepReport, TrainingRun, train_catversion
 from .comfy_catversion import (
@@ -223,13 +224,7 @@ def adapter_metadata(recipe: CatVersionRecipe, steps_done: int, num_images: int)
 
 def write_atomically(prefix: CatVersionPrefix, path: str, metadata: dict[str, str]) -> None:
     """Write the adapter to a temporary name beside ``path`` and rename it into place."""
-    partial = path + ".partial"
-    try:
-        save_catversion_safetensors(prefix, partial, metadata)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    checkpoint.write_atomically(path, lambda partial: save_catversion_safetensors(prefix, partial, metadata))
 
 
 def check_filename_prefix(filename_prefix: str) -> str:

@@ -33,6 +33,20 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
     return out.transpose(1, 2).reshape(b, n, inner)
 
 
+def elite_cross_attention(attn, hidden_states, context, to_k, to_v, attention_mask=None, local=None) -> torch.Tensor:
+    """One SD1.x attn2 call of a diffusers ``Attention`` with text K/V from ``to_k``/``to_v`` plus,
+    when ``local(q, k, heads)`` returns a tensor, ELITE's local term (added before ``to_out``)."""
+    if attention_mask is not None or context is None or attn.residual_connection:
+        raise ValueError("ELITE's attention processors support SD1.x cross-attention layers only.")
+    q = attn.to_q(hidden_states)
+    k = to_k(context)
+    out = sdpa_attention(q, k, to_v(context), attn.heads)
+    extra = local(q, k, attn.heads) if local is not None else None
+    if extra is not None:
+        out = out + extra
+    return attn.to_out[1](attn.to_out[0](out))
+
+
 @dataclass
 class LocalInputs:
     tokens: torch.Tensor  # (1 or batch, L, D)
@@ -60,22 +74,20 @@ class ELITEAttnProcessor(nn.Module):
         self._holder = holder
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        if attention_mask is not None or encoder_hidden_states is None or attn.residual_connection:
-            raise ValueError("ELITEAttnProcessor supports SD1.x cross-attention layers only.")
-        q = attn.to_q(hidden_states)
-        k = attn.to_k(encoder_hidden_states)
-        v = attn.to_v(encoder_hidden_states)
-        out = sdpa_attention(q, k, v, attn.heads)
+        return elite_cross_attention(attn, hidden_states, encoder_hidden_states, attn.to_k, attn.to_v, attention_mask,
+                                     self._local_term)
+
+    def _local_term(self, q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor | None:
         inputs = self._holder.current
-        if inputs is not None and inputs.scale != 0.0:
-            index = inputs.index.to(q.device)
-            selection = torch.zeros(q.shape[0], k.shape[1], device=q.device, dtype=q.dtype)
-            rows = (index >= 0).nonzero().flatten()
-            selection[rows, index[rows]] = 1.0
-            tokens = inputs.tokens.to(q.device, q.dtype)
-            k_local, v_local = self.to_k_local(tokens), self.to_v_local(tokens)
-            out = out + local_term(q, k, selection, k_local, v_local, attn.heads, inputs.scale, sdpa_attention)
-        return attn.to_out[1](attn.to_out[0](out))
+        if inputs is None or inputs.scale == 0.0:
+            return None
+        index = inputs.index.to(q.device)
+        selection = torch.zeros(q.shape[0], k.shape[1], device=q.device, dtype=q.dtype)
+        rows = (index >= 0).nonzero().flatten()
+        selection[rows, index[rows]] = 1.0
+        tokens = inputs.tokens.to(q.device, q.dtype)
+        k_local, v_local = self.to_k_local(tokens), self.to_v_local(tokens)
+        return local_term(q, k, selection, k_local, v_local, heads, inputs.scale, sdpa_attention)
 
 
 class ELITEDiffusers:

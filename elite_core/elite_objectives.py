@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clip_input import select_elite_layers
-from .diffusers_attention import sdpa_attention
+from .diffusers_attention import elite_cross_attention, sdpa_attention
 from .local_attention import local_term
 from .mappers import GlobalMapper, LocalMapper, MapperWidths
 from .noise_schedule import NoiseSchedule, add_noise, scaled_linear_schedule
@@ -103,18 +103,16 @@ class StageAttnProcessor:
         self.to_k, self.to_v, self.local_kv, self.local_inputs = to_k, to_v, local_kv, local_inputs
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        if attention_mask is not None or encoder_hidden_states is None or attn.residual_connection:
-            raise ValueError("ELITE's training processor supports SD1.x cross-attention layers only.")
-        q = attn.to_q(hidden_states)
-        k, v = self.to_k(encoder_hidden_states), self.to_v(encoder_hidden_states)
-        out = sdpa_attention(q, k, v, attn.heads)
-        if self.local_kv is not None:
-            inputs = self.local_inputs
-            selection = F.one_hot(inputs.index.to(q.device), k.shape[1]).to(q.dtype)
-            k_local, v_local = self.local_kv[0](inputs.tokens), self.local_kv[1](inputs.tokens)
-            inputs.values.append(v_local)
-            out = out + local_term(q, k, selection, k_local, v_local, attn.heads, 1.0, sdpa_attention, per_sample=False)
-        return attn.to_out[1](attn.to_out[0](out))
+        local = self._local_term if self.local_kv is not None else None
+        return elite_cross_attention(attn, hidden_states, encoder_hidden_states, self.to_k, self.to_v, attention_mask,
+                                     local)
+
+    def _local_term(self, q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+        inputs = self.local_inputs
+        selection = F.one_hot(inputs.index.to(q.device), k.shape[1]).to(q.dtype)
+        k_local, v_local = self.local_kv[0](inputs.tokens), self.local_kv[1](inputs.tokens)
+        inputs.values.append(v_local)
+        return local_term(q, k, selection, k_local, v_local, heads, 1.0, sdpa_attention, per_sample=False)
 
 
 def _site_kv(mapper: nn.Module, prefix: str) -> tuple[nn.Linear, nn.Linear]:

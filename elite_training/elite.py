@@ -21,6 +21,7 @@ run resumed from a checkpoint continues exactly as if it had not stopped.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import time
 
 import torch
 
-from elite_core.checkpoint import MapperFormatError, load_mapper_state_dict, save_mapper_safetensors
+from elite_core.checkpoint import MapperFormatError, load_mapper_state_dict, save_mapper_safetensors, write_atomically
 from elite_core.elite_objectives import (
     LOSS_NORMALISATIONS,
     GlobalStage,
@@ -108,6 +109,12 @@ def mapper_widths(unet, vision) -> MapperWidths:
                         output_dim=unet.config.cross_attention_dim, kv_dims=kv)
 
 
+def vae_downscale(vae) -> int:
+    """Pixels per latent of a diffusers AutoencoderKL (8 for the SD VAE)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+@functools.lru_cache(maxsize=4)
 def epoch_order(seed: int, epoch: int, size: int) -> list[int]:
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
 
@@ -122,8 +129,8 @@ def micro_batch(dataset, tokenizer, vae, step: int, micro: int, config, rank: in
         index = epoch_order(config.seed, counter // len(dataset), len(dataset))[counter % len(dataset)]
         gen = sample_generator(config.seed, step, position)
         sample = dataset.sample(index, gen)
-        down = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 for the SD VAE
-        latent_shape = (vae.config.latent_channels, config.resolution // down, config.resolution // down)
+        latent = config.resolution // vae_downscale(vae)
+        latent_shape = (vae.config.latent_channels, latent, latent)
         rows.append((sample, torch.randn(latent_shape, generator=gen), torch.randn(latent_shape, generator=gen),
                      int(torch.randint(NUM_TRAIN_TIMESTEPS, (1,), generator=gen))))
     captions = [row[0].caption for row in rows]
@@ -150,9 +157,7 @@ def save_mapper(accelerator, stage, path: str, step: int, config) -> None:
     state = {k: v.float() for k, v in trained_mapper(accelerator.unwrap_model(stage)).state_dict().items()}
     metadata = {"stage": config.stage, "step": str(step), "base_model": os.path.basename(os.path.normpath(config.pretrained)),
                 "trainer": "elite-personalize elite_training.elite"}
-    partial = path + ".partial"
-    save_mapper_safetensors(state, partial, kind=config.stage, metadata=metadata)
-    os.replace(partial, path)
+    write_atomically(path, lambda partial: save_mapper_safetensors(state, partial, kind=config.stage, metadata=metadata))
 
 
 def load_global_mapper(path: str, widths: MapperWidths) -> GlobalMapper:
@@ -261,8 +266,7 @@ def main(argv=None) -> int:
         if config.stage == "global":
             dataset = FolderDataset(config.data, config.resolution)
         else:
-            vae = models[1]
-            dataset = LocalFolderDataset(config.data, config.resolution, 2 ** (len(vae.config.block_out_channels) - 1))
+            dataset = LocalFolderDataset(config.data, config.resolution, vae_downscale(models[1]))
         path = train(accelerator, models, dataset, config)
     except DataError as exc:
         log.error("%s", exc)

@@ -71,6 +71,12 @@ def sample_generator(seed: int, step: int, position: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_000_003 + position)
 
 
+def read_mask(path: str, size: tuple[int, int]) -> np.ndarray:
+    """The object mask at ``path`` as booleans (white = object), resized (nearest) to ``size``."""
+    with Image.open(path) as m:
+        return np.asarray(m.convert("L").resize(size, Image.NEAREST)) > 127
+
+
 def object_box(mask: np.ndarray | None, width: int, height: int) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of the mask's object padded by 10 px within the image."""
     if mask is None or not mask.any():
@@ -144,10 +150,7 @@ class FolderDataset:
         image_path, mask_path = self.items[index % len(self.items)]
         with Image.open(image_path) as img:
             image = ImageOps.exif_transpose(img).convert("RGB")
-        mask = None
-        if mask_path:
-            with Image.open(mask_path) as m:
-                mask = np.asarray(m.convert("L").resize(image.size, Image.NEAREST)) > 127
+        mask = read_mask(mask_path, image.size) if mask_path else None
         box = object_box(mask, *image.size)
         crop = image.crop(box)
         target = crop.resize((self.resolution, self.resolution), Image.BICUBIC)
@@ -211,8 +214,8 @@ class LocalFolderDataset(FolderDataset):
                 self.skipped += 1
                 log.warning("skipping %s for the local stage: it has no mask in masks/", os.path.basename(image_path))
                 continue
-            with Image.open(image_path) as img, Image.open(mask_path) as m:
-                mask = np.asarray(m.convert("L").resize(img.size, Image.NEAREST)) > 127
+            with Image.open(image_path) as img:
+                mask = read_mask(mask_path, img.size)
             if not mask.any():
                 self.skipped += 1
                 continue
@@ -231,8 +234,7 @@ class LocalFolderDataset(FolderDataset):
         image_path, mask_path = self.items[index % len(self.items)]
         with Image.open(image_path) as img:
             image = ImageOps.exif_transpose(img).convert("RGB")
-        with Image.open(mask_path) as m:
-            mask = Image.fromarray(((np.asarray(m.convert("L").resize(image.size, Image.NEAREST)) > 127) * 255).astype(np.uint8))
+        mask = Image.fromarray(read_mask(mask_path, image.size).astype(np.uint8) * 255)
         top, bottom, left, right = _even_box(np.asarray(mask) > 0)
         pad = _randint(gen, 10, 19)
         box = (max(left - pad, 0), max(top - pad, 0), right + pad, bottom + pad)
