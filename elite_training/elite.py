@@ -44,7 +44,8 @@ from elite_core.mappers import GlobalMapper, MapperWidths, build_mapper
 from elite_core.noise_schedule import NUM_TRAIN_TIMESTEPS
 from elite_core.sites import SD1_ATTN2_SITES
 
-from .elite_data import DataError, FolderDataset, LocalFolderDataset, reference_placeholder_index, sample_generator
+from .elite_data import DataError, reference_placeholder_index, sample_generator
+from .prepare_data import LAYOUTS, open_dataset
 
 log = logging.getLogger("elite.train")
 
@@ -62,7 +63,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="local stage: the reference's (4x a per-element mean) or a per-element mean")
     p.add_argument("--pretrained", required=True, help="SD1.x diffusers folder (unet/, vae/, text_encoder/, tokenizer/)")
     p.add_argument("--image-encoder", required=True, help="CLIP ViT-L/14 vision model folder (transformers)")
-    p.add_argument("--data", required=True, help="folder with images/ and optional masks/")
+    p.add_argument("--data", required=True,
+                   help="a folder (images/, masks/, captions/), an Open Images V6 root or a shard set (shards.json)")
+    p.add_argument("--data-layout", choices=LAYOUTS, default="auto")
+    p.add_argument("--split", default="test", help="Open Images split (the reference trains on test)")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--steps", type=int, default=200_000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=None, help="per process and micro-step (reference: 4 global, 2 local)")
@@ -263,10 +267,8 @@ def main(argv=None) -> int:
         accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
         models = load_models(config.pretrained, config.image_encoder, accelerator.device, dtype)
-        if config.stage == "global":
-            dataset = FolderDataset(config.data, config.resolution)
-        else:
-            dataset = LocalFolderDataset(config.data, config.resolution, vae_downscale(models[1]))
+        dataset = open_dataset(config.data, config.stage, config.resolution, vae_downscale(models[1]),
+                               config.data_layout, config.split)
         path = train(accelerator, models, dataset, config)
     except DataError as exc:
         log.error("%s", exc)
