@@ -21,14 +21,18 @@ run resumed from a checkpoint continues exactly as if it had not stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 from elite_core.checkpoint import MapperFormatError, load_mapper_state_dict, save_mapper_safetensors, write_atomically
 from elite_core.elite_objectives import (
@@ -78,6 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints and mapper files")
     p.add_argument("--resume", default=None, help="a checkpoint-<step> folder of --output-dir, or 'latest'")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute the UNet's activations in the backward pass: less memory, about 30%% more time")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     p.add_argument("--cpu", action="store_true", help="train on the CPU (tests)")
     args = p.parse_args(argv)
@@ -181,8 +187,45 @@ def find_resume(config) -> str | None:
         return None
     if config.resume != "latest":
         return config.resume
-    found = [d for d in os.listdir(config.output_dir) if d.startswith("checkpoint-")] if os.path.isdir(config.output_dir) else []
+    out = config.output_dir
+    found = [d for d in os.listdir(out) if d.startswith("checkpoint-") and os.path.isfile(os.path.join(out, d, "elite_step.json"))] \
+        if os.path.isdir(out) else []  # a checkpoint is complete once its elite_step.json is written
     return os.path.join(config.output_dir, max(found, key=lambda d: int(d.split("-")[1]))) if found else None
+
+
+class TrainingStopped(Exception):
+    """Ctrl-C or SIGTERM: every process stopped after the same step, which a checkpoint holds."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped after step {step}")
+        self.step = step
+
+
+class StopRequest:
+    """Turns the first SIGINT/SIGTERM into a request, honoured at the end of the step by every
+    process together (no process is cut off inside a collective); later signals are logged."""
+
+    def __init__(self):
+        self.requested = False
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            log.warning("already stopping: the step in progress finishes and is saved")
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self):
+        names = [signal.SIGINT, signal.SIGTERM]
+        previous = {sig: signal.getsignal(sig) for sig in names}
+        if threading.current_thread() is threading.main_thread():
+            for sig in names:
+                signal.signal(sig, self._handle)
+        try:
+            yield self
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
 
 def train(accelerator, models, dataset, config) -> str:
@@ -220,8 +263,11 @@ def train(accelerator, models, dataset, config) -> str:
             save_mapper(accelerator, stage, os.path.join(config.output_dir, f"mapper_{step:06d}.safetensors"), step, config)
         accelerator.wait_for_everyone()
 
-    step, started = start, time.perf_counter()
-    try:
+    stop = StopRequest()
+    progress = tqdm(total=config.steps, initial=start, disable=not accelerator.is_main_process, unit="step",
+                    dynamic_ncols=True, desc=f"ELITE {config.stage}")
+    started, samples_per_step = time.perf_counter(), config.batch_size * config.gradient_accumulation * world
+    with stop.installed():
         for step in range(start, config.steps):
             total = 0.0
             for micro in range(config.gradient_accumulation):
@@ -230,24 +276,34 @@ def train(accelerator, models, dataset, config) -> str:
                     loss, _ = stage(**batch)
                 accelerator.backward(loss / config.gradient_accumulation)
                 total += loss.item() / config.gradient_accumulation
-            total = accelerator.reduce(torch.tensor(total, device=device), reduction="mean").item()
-            if accelerator.is_main_process:
-                with open(os.path.join(config.output_dir, "train_log.jsonl"), "a") as f:
-                    f.write(json.dumps({"step": step + 1, "loss": total}) + "\n")
+            # one collective per step: the mean loss, and whether any process was asked to stop
+            shared = accelerator.reduce(torch.tensor([total / world, float(stop.requested)], device=device), "sum")
+            total, stopping = shared[0].item(), shared[1].item() > 0
             if config.max_grad_norm:
                 accelerator.clip_grad_norm_(stage.parameters(), config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if accelerator.is_main_process and ((step + 1) % 10 == 0 or step + 1 == config.steps):
-                rate = (step + 1 - start) * config.batch_size * config.gradient_accumulation * world / (time.perf_counter() - started)
-                log.info("step %d/%d  loss %.5f  %.2f samples/s", step + 1, config.steps, total, rate)
-            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-                checkpoint(step + 1)
-    except KeyboardInterrupt:
-        log.warning("interrupted during step %d: saving the state after step %d", step + 1, step)
-        if step > start:
-            checkpoint(step)
-        raise
+            done = step + 1
+            if accelerator.is_main_process:
+                with open(os.path.join(config.output_dir, "train_log.jsonl"), "a") as f:
+                    f.write(json.dumps({"step": done, "loss": total}) + "\n")
+                rate = (done - start) * samples_per_step / (time.perf_counter() - started)
+                progress.update(1)
+                progress.set_postfix(loss=f"{total:.4f}", samples_per_s=f"{rate:.2f}")
+                if done % 50 == 0 or done == config.steps:
+                    log.info("step %d/%d  loss %.5f  %.2f samples/s", done, config.steps, total, rate)
+            if stopping and done < config.steps:
+                checkpoint(done)
+                progress.close()
+                if accelerator.is_main_process:
+                        log.warning("stopped on request after step %d; %s holds it: continue with --resume latest", done,
+                                os.path.join(config.output_dir, f"checkpoint-{done}"))
+                raise TrainingStopped(done)
+            if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
+                checkpoint(done)
+    progress.close()
+    if dataset.bad:
+        log.warning("%d unreadable record(s) were skipped on process %d", dataset.bad, rank)
     final = os.path.join(config.output_dir, f"{config.stage}_mapper.safetensors")
     if accelerator.is_main_process:
         save_mapper(accelerator, stage, final, config.steps, config)
@@ -267,12 +323,16 @@ def main(argv=None) -> int:
         accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
         models = load_models(config.pretrained, config.image_encoder, accelerator.device, dtype)
+        if config.gradient_checkpointing:
+            models[0].enable_gradient_checkpointing()
         dataset = open_dataset(config.data, config.stage, config.resolution, vae_downscale(models[1]),
                                config.data_layout, config.split)
         path = train(accelerator, models, dataset, config)
     except DataError as exc:
         log.error("%s", exc)
         return 2
+    except TrainingStopped:
+        return 130
     log.info("done: %s (put it in ComfyUI/models/elite/ and load it with the ELITE %s Mapper Loader)", path,
              config.stage.capitalize())
     return 0

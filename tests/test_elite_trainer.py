@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -74,16 +76,22 @@ def test_folder_data_is_seeded_and_skips_unreadable_files(data):
     assert reference_placeholder_index("a close-up photo of a S") == 6  # a word index used as a token index
 
 
-def launch(tmp_path: Path, base_model: Path, data: Path, out: str, *extra: str, processes: int = 1) -> Path:
+def launch_command(output: Path, base_model: Path, data: Path, *extra: str, processes: int = 1) -> list[str]:
     launcher = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--cpu", "--num_processes", "1"]
-    output = tmp_path / out
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1",
+    return [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
                "-m", "elite_training.elite", "--pretrained", str(base_model),
                "--image-encoder", str(base_model / "image_encoder"), "--data", str(data), "--output-dir", str(output),
                "--resolution", "64", "--gradient-accumulation", "1", "--learning-rate", "1e-3", "--cpu", *extra]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+LAUNCH_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+
+
+def launch(tmp_path: Path, base_model: Path, data: Path, out: str, *extra: str, processes: int = 1) -> Path:
+    output = tmp_path / out
+    command = launch_command(output, base_model, data, *extra, processes=processes)
+    done = subprocess.run(command, cwd=REPO, env=LAUNCH_ENV, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     return output
 
@@ -106,6 +114,38 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, base_model
     update_two, update_one = flat(two) - flat(init), flat(one) - flat(init)
     assert update_one.norm() > 0
     assert (update_two - update_one).norm() < 1e-2 * update_one.norm()
+
+
+def test_ctrl_c_stops_both_processes_after_the_same_step_and_the_run_resumes_exactly(tmp_path, base_model, data):
+    """SIGINT to the launcher's whole process group (what Ctrl-C in a terminal does) while two
+    processes train: both finish the step in progress, one checkpoint holds it, and resuming from it
+    gives the same weights as a run that was never stopped."""
+    stopped = tmp_path / "stopped"
+    command = launch_command(stopped, base_model, data, "--steps", "500", "--batch-size", "1", "--checkpoint-every", "0",
+                             processes=2)
+    process = subprocess.Popen(command, cwd=REPO, env=LAUNCH_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    log_file, deadline = stopped / "train_log.jsonl", time.monotonic() + 600
+    while not (log_file.is_file() and len(log_file.read_text().splitlines()) >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()[-4000:]
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)
+    output = process.communicate(timeout=300)[0]
+    checkpoints = [d for d in stopped.iterdir() if d.name.startswith("checkpoint-")]
+    assert len(checkpoints) == 1, output[-4000:]
+    step = json.loads((checkpoints[0] / "elite_step.json").read_text())["step"]
+    assert 2 <= step < 500 and len(losses(stopped)) == step
+    assert "stopped on request after step" in output, output[-6000:]
+    # no process was cut off inside the trainer (torch's launcher reports the signal with its own traceback)
+    assert 'elite_training/' not in "".join(line for line in output.splitlines() if line.lstrip().startswith("File ")), \
+        output[-6000:]
+    assert (stopped / f"mapper_{step:06d}.safetensors").is_file()
+    launch(tmp_path, base_model, data, "stopped", "--steps", str(step + 1), "--batch-size", "1", "--resume", "latest",
+           processes=2)
+    whole = launch(tmp_path, base_model, data, "whole", "--steps", str(step + 1), "--batch-size", "1", processes=2)
+    a, b = load_file(str(whole / "global_mapper.safetensors")), load_file(str(stopped / "global_mapper.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(stopped) == losses(whole)
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, base_model, data):
