@@ -80,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--resolution", type=int, default=512)
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints and mapper files")
+    p.add_argument("--export-pt", action="store_true",
+                   help="also write each mapper in the official .pt layout (mapper_<step>.pt / local_mapper.pt ...)")
     p.add_argument("--resume", default=None, help="a checkpoint-<step> folder of --output-dir, or 'latest'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gradient-checkpointing", action="store_true",
@@ -164,10 +166,21 @@ def trained_mapper(stage) -> torch.nn.Module:
 
 
 def save_mapper(accelerator, stage, path: str, step: int, config) -> None:
-    state = {k: v.float() for k, v in trained_mapper(accelerator.unwrap_model(stage)).state_dict().items()}
+    """The trained mapper as a safetensors file the loader nodes read (kind, stage, step and base model
+    in its metadata) and, with ``--export-pt``, in the official ``.pt`` layout beside it."""
+    state = {k: v.float().contiguous() for k, v in trained_mapper(accelerator.unwrap_model(stage)).state_dict().items()}
     metadata = {"stage": config.stage, "step": str(step), "base_model": os.path.basename(os.path.normpath(config.pretrained)),
                 "trainer": "elite-personalize elite_training.elite"}
     write_atomically(path, lambda partial: save_mapper_safetensors(state, partial, kind=config.stage, metadata=metadata))
+    if config.export_pt:
+        write_atomically(official_pt_path(path, config.stage, step if path.endswith(f"{step:06d}.safetensors") else None),
+                         lambda partial: torch.save(state, partial))
+
+
+def official_pt_path(path: str, stage: str, step: int | None) -> str:
+    """The reference's file names: mapper[_<step>].pt (global), local_mapper[_<step>].pt (local)."""
+    name = "mapper" if stage == "global" else "local_mapper"
+    return os.path.join(os.path.dirname(path), f"{name}_{step:06d}.pt" if step is not None else f"{name}.pt")
 
 
 def load_global_mapper(path: str, widths: MapperWidths) -> GlobalMapper:

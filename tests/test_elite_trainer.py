@@ -149,8 +149,13 @@ def test_ctrl_c_stops_both_processes_after_the_same_step_and_the_run_resumes_exa
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, base_model, data):
-    whole = launch(tmp_path, base_model, data, "whole", "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2")
+    whole = launch(tmp_path, base_model, data, "whole", "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2",
+                   "--export-pt")
     assert (whole / "checkpoint-2").is_dir() and (whole / "mapper_000002.safetensors").is_file()
+    # --export-pt: the official layout (a plain state dict, official names) beside each file
+    for pt, st in (("mapper_000002.pt", "mapper_000002.safetensors"), ("mapper.pt", "global_mapper.safetensors")):
+        official, ours = torch.load(whole / pt, map_location="cpu", weights_only=True), load_file(str(whole / st))
+        assert official.keys() == ours.keys() and all(torch.equal(official[k], ours[k]) for k in ours)
     resumed = tmp_path / "resumed"
     shutil.copytree(whole / "checkpoint-2", resumed / "checkpoint-2")
     launch(tmp_path, base_model, data, "resumed", "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2",
