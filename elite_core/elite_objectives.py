@@ -89,6 +89,7 @@ class _LocalInputs:
     def __init__(self):
         self.tokens: torch.Tensor | None = None  # (B, 256, D) masked local tokens
         self.index: torch.Tensor | None = None  # (B,) placeholder token index
+        self.scale = 1.0  # λ: training's 1; sampling may choose another
         self.values: list[torch.Tensor] = []  # E · Wv_local of every attn2 call (the value regulariser)
 
 
@@ -96,7 +97,8 @@ class StageAttnProcessor:
     """attn2 processor of the training stages. Text keys/values come from ELITE's global K/V (held by
     reference: a mapper's ``{site}_to_k``/``_to_v``), not the layer's own ``to_k``/``to_v``. With
     ``local_kv`` it adds the local branch at λ = 1, its gate normalised by one maximum over the whole
-    batch as the reference's training step computes it (§7)."""
+    batch as the reference's training step computes it (§7); while ``local_inputs`` holds no tokens,
+    the global branch only (sampling's unconditional pass)."""
 
     def __init__(self, to_k: nn.Linear, to_v: nn.Linear, local_kv: tuple[nn.Linear, nn.Linear] | None = None,
                  local_inputs: _LocalInputs | None = None):
@@ -109,10 +111,12 @@ class StageAttnProcessor:
 
     def _local_term(self, q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
         inputs = self.local_inputs
+        if inputs.tokens is None:
+            return None
         selection = F.one_hot(inputs.index.to(q.device), k.shape[1]).to(q.dtype)
         k_local, v_local = self.local_kv[0](inputs.tokens), self.local_kv[1](inputs.tokens)
         inputs.values.append(v_local)
-        return local_term(q, k, selection, k_local, v_local, heads, 1.0, sdpa_attention, per_sample=False)
+        return local_term(q, k, selection, k_local, v_local, heads, inputs.scale, sdpa_attention, per_sample=False)
 
 
 def _site_kv(mapper: nn.Module, prefix: str) -> tuple[nn.Linear, nn.Linear]:
@@ -153,27 +157,44 @@ class GlobalStage(nn.Module):
     are held outside the module's parameters. Installs :class:`StageAttnProcessor` on the UNet's attn2."""
 
     def __init__(self, mapper: GlobalMapper, unet: nn.Module, text_encoder: nn.Module, image_encoder: nn.Module,
-                 schedule: NoiseSchedule | None = None, word_regulariser: float = GLOBAL_WORD_REGULARISER):
+                 schedule: NoiseSchedule | None = None, word_regulariser: float = GLOBAL_WORD_REGULARISER,
+                 identity=None, plain_weight: float = 0.0):
         super().__init__()
         self.mapper = mapper
         self._frozen = (unet, text_encoder, image_encoder)
         self.schedule = schedule or scaled_linear_schedule()
         self.word_regulariser = word_regulariser
+        # Taming-Encoder options (elite_core.taming_objectives), off by default
+        self.identity, self.plain_weight = identity, plain_weight
         _install(unet, lambda prefix: StageAttnProcessor(*_site_kv(mapper, prefix)))
 
     def forward(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, pixels_clip: torch.Tensor,
-                input_ids: torch.Tensor, placeholder_index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                input_ids: torch.Tensor, placeholder_index: torch.Tensor,
+                plain: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of a batch; ``plain`` (latents, noise, timesteps, input_ids of captions without the
+        concept) adds ``plain_weight`` x their eps-MSE (regularised joint training)."""
         unet, text_encoder, image_encoder = self._frozen
         with torch.no_grad():
             features = vision_features(image_encoder, pixels_clip)
         words = self.mapper(features)
         with injected_words(text_encoder, placeholder_index, words):
             context = text_encoder(input_ids=input_ids)[0]
-        predicted = unet(add_noise(latents, noise, timesteps, self.schedule), timesteps,
-                         encoder_hidden_states=context).sample
+        noisy = add_noise(latents, noise, timesteps, self.schedule)
+        predicted = unet(noisy, timesteps, encoder_hidden_states=context).sample
         mse = F.mse_loss(predicted.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3)).mean()
         regulariser = words.abs().mean() * self.word_regulariser
-        return mse + regulariser, {"mse": mse.detach(), "regulariser": regulariser.detach()}
+        loss, parts = mse + regulariser, {"mse": mse.detach(), "regulariser": regulariser.detach()}
+        if self.identity is not None:
+            parts["identity"] = self.identity(noisy, predicted, timesteps, pixels_clip, self.schedule)
+            loss = loss + parts["identity"]
+        if plain is not None:
+            with torch.no_grad():
+                plain_context = text_encoder(input_ids=plain["input_ids"])[0]
+            plain_noisy = add_noise(plain["latents"], plain["noise"], plain["timesteps"], self.schedule)
+            plain_eps = unet(plain_noisy, plain["timesteps"], encoder_hidden_states=plain_context).sample
+            parts["plain_mse"] = F.mse_loss(plain_eps.float(), plain["noise"].float())
+            loss = loss + self.plain_weight * parts["plain_mse"]
+        return loss, {k: v.detach() for k, v in parts.items()}
 
 
 LOCAL_VALUE_REGULARISER = 1e-4
@@ -198,7 +219,8 @@ class LocalStage(nn.Module):
 
     def __init__(self, local_mapper: LocalMapper, global_mapper: GlobalMapper, unet: nn.Module,
                  text_encoder: nn.Module, image_encoder: nn.Module, schedule: NoiseSchedule | None = None,
-                 value_regulariser: float = LOCAL_VALUE_REGULARISER, normalisation: str = "reference"):
+                 value_regulariser: float = LOCAL_VALUE_REGULARISER, normalisation: str = "reference",
+                 identity=None):
         super().__init__()
         if normalisation not in LOSS_NORMALISATIONS:
             raise ValueError(f"normalisation must be one of {LOSS_NORMALISATIONS}, got {normalisation!r}")
@@ -207,10 +229,29 @@ class LocalStage(nn.Module):
         self._frozen = (unet, text_encoder, image_encoder, global_mapper)
         self.schedule = schedule or scaled_linear_schedule()
         self.value_regulariser, self.normalisation = value_regulariser, normalisation
+        self.identity = identity  # the Taming-Encoder identity term (elite_core.taming_objectives), off by default
         self._inputs = _LocalInputs()
         _install(unet, lambda prefix: StageAttnProcessor(*_site_kv(global_mapper, prefix),
                                                          local_kv=_site_kv(local_mapper, prefix),
                                                          local_inputs=self._inputs))
+
+    @property
+    def global_mapper(self) -> GlobalMapper:
+        return self._frozen[3]
+
+    @contextlib.contextmanager
+    def local_inputs(self, tokens: torch.Tensor | None, placeholder_index: torch.Tensor | None, scale: float = 1.0):
+        """Within: the UNet's attn2 add the local branch over ``tokens`` (B, 256, D) gated by the
+        placeholder at ``placeholder_index`` (B,), times ``scale`` (λ), or no local branch when
+        ``tokens`` is None; yields the holder, whose ``values`` collect E · Wv_local of every attn2
+        call. The previous inputs are back afterwards."""
+        inputs = self._inputs
+        previous = inputs.tokens, inputs.index, inputs.scale, inputs.values
+        inputs.tokens, inputs.index, inputs.scale, inputs.values = tokens, placeholder_index, float(scale), []
+        try:
+            yield inputs
+        finally:
+            inputs.tokens, inputs.index, inputs.scale, inputs.values = previous
 
     def forward(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, pixels_clip: torch.Tensor,
                 pixels_object: torch.Tensor, object_segmentation: torch.Tensor, mask: torch.Tensor,
@@ -222,17 +263,21 @@ class LocalStage(nn.Module):
         tokens = self.local_mapper(object_features) * object_token_mask(object_segmentation)
         with injected_words(text_encoder, placeholder_index, word):
             context = text_encoder(input_ids=input_ids)[0]
-        self._inputs.tokens, self._inputs.index, self._inputs.values = tokens, placeholder_index, []
-        try:
-            predicted = unet(add_noise(latents, noise, timesteps, self.schedule), timesteps,
-                             encoder_hidden_states=context).sample
-            values = self._inputs.values
-        finally:
-            self._inputs.tokens, self._inputs.index, self._inputs.values = None, None, []
+        noisy = add_noise(latents, noise, timesteps, self.schedule)
+        # The inputs stay set after this call (until the next one): under gradient checkpointing the
+        # backward pass runs the attn2 layers again and must see the same tokens.
+        inputs = self._inputs
+        inputs.tokens, inputs.index, inputs.scale, inputs.values = tokens, placeholder_index, 1.0, []
+        predicted = unet(noisy, timesteps, encoder_hidden_states=context).sample
+        values = list(inputs.values)
         error = (predicted.float() - noise.float()) ** 2 * mask
         covered = mask.sum(dim=(1, 2, 3))
         if self.normalisation == "per_element":
             covered = covered * error.shape[1] / mask.shape[1]
         data = (error.sum(dim=(1, 2, 3)) / covered).mean()
         regulariser = torch.stack([v.abs().mean() for v in values]).mean() * self.value_regulariser
-        return data + regulariser, {"masked_mse": data.detach(), "regulariser": regulariser.detach()}
+        loss, parts = data + regulariser, {"masked_mse": data.detach(), "regulariser": regulariser.detach()}
+        if self.identity is not None:
+            parts["identity"] = self.identity(noisy, predicted, timesteps, pixels_clip, self.schedule)
+            loss = loss + parts["identity"]
+        return loss, {k: v.detach() for k, v in parts.items()}

@@ -47,7 +47,9 @@ from elite_core.elite_objectives import (
 from elite_core.mappers import GlobalMapper, MapperWidths, build_mapper
 from elite_core.noise_schedule import NUM_TRAIN_TIMESTEPS
 from elite_core.sites import SD1_ATTN2_SITES
+from elite_core.taming_objectives import IdentityLoss
 
+from .caption_data import CaptionDataset
 from .elite_data import DataError, reference_placeholder_index, sample_generator
 from .prepare_data import LAYOUTS, open_dataset
 
@@ -65,6 +67,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--global-mapper", default=None, help="the trained global mapper file (local stage)")
     p.add_argument("--loss-normalisation", choices=LOSS_NORMALISATIONS, default="reference",
                    help="local stage: the reference's (4x a per-element mean) or a per-element mean")
+    taming = p.add_argument_group("Taming-Encoder options (off by default)")
+    taming.add_argument("--identity-weight", type=float, default=0.0,
+                        help="weight of the identity-preservation loss: 1 - cos of CLIP image embeddings of the "
+                             "decoded denoised estimate and the reference (costs a VAE decode with gradient)")
+    taming.add_argument("--identity-max-timestep", type=int, default=400,
+                        help="the identity loss leaves out samples noisier than this timestep")
+    taming.add_argument("--plain-data", default=None,
+                        help="global stage: a folder of captioned photos (images/, captions/) without the concept, "
+                             "mixed into every micro-batch (regularised joint training)")
+    taming.add_argument("--plain-weight", type=float, default=1.0, help="weight of the plain caption batches' loss")
     p.add_argument("--pretrained", required=True, help="SD1.x diffusers folder (unet/, vae/, text_encoder/, tokenizer/)")
     p.add_argument("--image-encoder", required=True, help="CLIP ViT-L/14 vision model folder (transformers)")
     p.add_argument("--data", required=True,
@@ -93,6 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.batch_size = 4 if args.stage == "global" else 2
     if args.stage == "local" and not args.global_mapper:
         p.error("the local stage needs --global-mapper (the trained global mapper file)")
+    if args.stage == "local" and args.plain_data:
+        p.error("--plain-data is for the global stage: the local stage trains nothing that plain captions use")
     return args
 
 
@@ -131,34 +145,53 @@ def epoch_order(seed: int, epoch: int, size: int) -> list[int]:
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
 
 
-def micro_batch(dataset, tokenizer, vae, step: int, micro: int, config, rank: int, world: int, device, dtype):
-    """The samples of this process in micro-step ``micro`` of optimizer step ``step``, with their draws."""
+PLAIN_STREAM = 104_729  # seeds the plain caption batches apart from the concept batches
+
+
+def micro_batch(dataset, tokenizer, vae, step: int, micro: int, config, rank: int, world: int, device, dtype,
+                plain_data=None):
+    """The samples of this process in micro-step ``micro`` of optimizer step ``step``, with their draws
+    (and, with ``plain_data``, as many plain caption samples under ``plain``)."""
     per_step = config.batch_size * config.gradient_accumulation * world
     first = (micro * world + rank) * config.batch_size
-    rows = []
+    rows, plain_rows = [], []
     for position in range(first, first + config.batch_size):
         counter = step * per_step + position
         index = epoch_order(config.seed, counter // len(dataset), len(dataset))[counter % len(dataset)]
         gen = sample_generator(config.seed, step, position)
-        sample = dataset.sample(index, gen)
-        latent = config.resolution // vae_downscale(vae)
-        latent_shape = (vae.config.latent_channels, latent, latent)
-        rows.append((sample, torch.randn(latent_shape, generator=gen), torch.randn(latent_shape, generator=gen),
-                     int(torch.randint(NUM_TRAIN_TIMESTEPS, (1,), generator=gen))))
-    captions = [row[0].caption for row in rows]
-    ids = tokenizer(captions, padding="max_length", truncation=True, max_length=77, return_tensors="pt").input_ids
-    stack = lambda name: torch.stack([getattr(row[0], name) for row in rows])  # noqa: E731
-    pixels = stack("pixels").to(device, dtype)
-    with torch.no_grad():
-        latents = posterior_sample(vae, pixels, torch.stack([row[1] for row in rows]).to(device, dtype)).float()
-    batch = dict(latents=latents, noise=torch.stack([row[2] for row in rows]).to(device),
-                 timesteps=torch.tensor([row[3] for row in rows], device=device),
-                 pixels_clip=stack("pixels_clip").to(device, dtype), input_ids=ids.to(device),
+        rows.append((dataset.sample(index, gen), *diffusion_draws(vae, config.resolution, gen)))
+        if plain_data is not None:
+            index = epoch_order(config.seed + PLAIN_STREAM, counter // len(plain_data), len(plain_data))[counter % len(plain_data)]
+            gen = sample_generator(config.seed + PLAIN_STREAM, step, position)
+            plain_rows.append((plain_data.sample(index), *diffusion_draws(vae, config.resolution, gen)))
+    batch, captions = diffusion_batch(rows, tokenizer, vae, device, dtype)
+    stack = lambda name: torch.stack([getattr(row[0], name) for row in rows]).to(device, dtype)  # noqa: E731
+    batch.update(pixels_clip=stack("pixels_clip"),
                  placeholder_index=torch.tensor([reference_placeholder_index(c) for c in captions], device=device))
     if config.stage == "local":
-        batch.update(pixels_object=stack("pixels_object").to(device, dtype),
-                     object_segmentation=stack("object_segmentation").to(device, dtype), mask=stack("mask").to(device))
+        batch.update(pixels_object=stack("pixels_object"), object_segmentation=stack("object_segmentation"),
+                     mask=torch.stack([row[0].mask for row in rows]).to(device))
+    if plain_rows:
+        batch["plain"] = diffusion_batch(plain_rows, tokenizer, vae, device, dtype)[0]
     return batch
+
+
+def diffusion_draws(vae, resolution: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A sample's posterior noise, diffusion noise and timestep."""
+    latent = resolution // vae_downscale(vae)
+    shape = (vae.config.latent_channels, latent, latent)
+    return torch.randn(shape, generator=gen), torch.randn(shape, generator=gen), int(torch.randint(NUM_TRAIN_TIMESTEPS, (1,), generator=gen))
+
+
+def diffusion_batch(rows, tokenizer, vae, device, dtype) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """latents (a posterior sample of each row's pixels), noise, timesteps and input_ids of (sample, draws) rows."""
+    captions = [row[0].caption for row in rows]
+    ids = tokenizer(captions, padding="max_length", truncation=True, max_length=77, return_tensors="pt").input_ids
+    pixels = torch.stack([row[0].pixels for row in rows]).to(device, dtype)
+    with torch.no_grad():
+        latents = posterior_sample(vae, pixels, torch.stack([row[1] for row in rows]).to(device, dtype)).float()
+    return dict(latents=latents, noise=torch.stack([row[2] for row in rows]).to(device),
+                timesteps=torch.tensor([row[3] for row in rows], device=device), input_ids=ids.to(device)), captions
 
 
 def trained_mapper(stage) -> torch.nn.Module:
@@ -247,12 +280,16 @@ def train(accelerator, models, dataset, config) -> str:
     device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
     widths = mapper_widths(unet, vision)
+    identity = IdentityLoss(vae, vision, config.identity_weight, config.identity_max_timestep) \
+        if config.identity_weight else None
+    plain_data = CaptionDataset(config.plain_data, config.resolution) if config.plain_data else None
     if config.stage == "global":
-        stage = GlobalStage(new_global_mapper(unet, widths, seed=config.seed).to(device), unet, text, vision)
+        stage = GlobalStage(new_global_mapper(unet, widths, seed=config.seed).to(device), unet, text, vision,
+                            identity=identity, plain_weight=config.plain_weight)
     else:
         global_mapper = load_global_mapper(config.global_mapper, widths).to(device)
         stage = LocalStage(new_local_mapper(unet, widths, seed=config.seed).to(device), global_mapper, unet, text,
-                           vision, normalisation=config.loss_normalisation)
+                           vision, normalisation=config.loss_normalisation, identity=identity)
     base = BASE_LEARNING_RATE[config.stage]
     lr = config.learning_rate or base * config.batch_size * config.gradient_accumulation * world
     optimizer = torch.optim.AdamW(stage.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
@@ -284,7 +321,7 @@ def train(accelerator, models, dataset, config) -> str:
         for step in range(start, config.steps):
             total = 0.0
             for micro in range(config.gradient_accumulation):
-                batch = micro_batch(dataset, tokenizer, vae, step, micro, config, rank, world, device, dtype)
+                batch = micro_batch(dataset, tokenizer, vae, step, micro, config, rank, world, device, dtype, plain_data)
                 with accelerator.autocast():
                     loss, _ = stage(**batch)
                 accelerator.backward(loss / config.gradient_accumulation)
