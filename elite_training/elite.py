@@ -49,6 +49,7 @@ from elite_core.noise_schedule import NUM_TRAIN_TIMESTEPS
 from elite_core.sites import SD1_ATTN2_SITES
 from elite_core.taming_objectives import IdentityLoss
 
+from .base_models import load_models
 from .caption_data import CaptionDataset
 from .elite_data import DataError, reference_placeholder_index, sample_generator
 from .prepare_data import LAYOUTS, open_dataset
@@ -77,7 +78,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="global stage: a folder of captioned photos (images/, captions/) without the concept, "
                              "mixed into every micro-batch (regularised joint training)")
     taming.add_argument("--plain-weight", type=float, default=1.0, help="weight of the plain caption batches' loss")
-    p.add_argument("--pretrained", required=True, help="SD1.x diffusers folder (unet/, vae/, text_encoder/, tokenizer/)")
+    p.add_argument("--pretrained", required=True,
+                   help="an SD1.x diffusers folder (unet/, vae/, text_encoder/, tokenizer/) or a single-file "
+                        ".safetensors checkpoint as ComfyUI's models/checkpoints/ holds them")
+    p.add_argument("--config", default=None,
+                   help="single file: a diffusers folder whose configs to use (default: SD1.5's, shipped)")
+    p.add_argument("--tokenizer", default=None,
+                   help="single file: the CLIP tokenizer folder (default: ComfyUI's comfy/sd1_tokenizer)")
     p.add_argument("--image-encoder", required=True, help="CLIP ViT-L/14 vision model folder (transformers)")
     p.add_argument("--data", required=True,
                    help="a folder (images/, masks/, captions/), an Open Images V6 root or a shard set (shards.json)")
@@ -108,25 +115,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.stage == "local" and args.plain_data:
         p.error("--plain-data is for the global stage: the local stage trains nothing that plain captions use")
     return args
-
-
-def load_models(pretrained: str, image_encoder: str, device, dtype):
-    """The frozen SD1.x models and the tokenizer, from local folders only."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
-
-    try:
-        unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", local_files_only=True)
-        vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", local_files_only=True)
-        text = CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", local_files_only=True)
-        tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", local_files_only=True)
-        vision = CLIPVisionModel.from_pretrained(image_encoder, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"Cannot load the base models: {exc}. --pretrained must be an SD1.x diffusers folder "
-                        "(unet/, vae/, text_encoder/, tokenizer/) and --image-encoder a CLIP vision folder.") from None
-    for module in (unet, vae, text, vision):
-        module.requires_grad_(False).eval().to(device, dtype)
-    return unet, vae, text, tokenizer, vision
 
 
 def mapper_widths(unet, vision) -> MapperWidths:
@@ -372,7 +360,8 @@ def main(argv=None) -> int:
     try:
         accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
-        models = load_models(config.pretrained, config.image_encoder, accelerator.device, dtype)
+        models = load_models(config.pretrained, config.image_encoder, accelerator.device, dtype, config.config,
+                             config.tokenizer)
         if config.gradient_checkpointing:
             models[0].enable_gradient_checkpointing()
         dataset = open_dataset(config.data, config.stage, config.resolution, vae_downscale(models[1]),
