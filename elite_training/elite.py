@@ -21,14 +21,11 @@ run resumed from a checkpoint continues exactly as if it had not stopped.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 
 import torch
@@ -51,8 +48,10 @@ from elite_core.taming_objectives import IdentityLoss
 
 from .base_models import load_models
 from .caption_data import CaptionDataset
+from .elite_validation import save_validation, tensorboard_logging, tensorboard_tracker, validation_images, validation_samples
 from .elite_data import DataError, reference_placeholder_index, sample_generator
 from .prepare_data import LAYOUTS, open_dataset
+from .stopping import StopRequest, TrainingStopped
 
 log = logging.getLogger("elite.train")
 
@@ -99,6 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--resolution", type=int, default=512)
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints and mapper files")
+    p.add_argument("--validation-images", type=int, default=4,
+                   help="objects sampled at every checkpoint (LMS, CFG 5, 'a photo of a S'); 0 = none")
+    p.add_argument("--validation-steps", type=int, default=100, help="LMS steps of the validation images")
     p.add_argument("--export-pt", action="store_true",
                    help="also write each mapper in the official .pt layout (mapper_<step>.pt / local_mapper.pt ...)")
     p.add_argument("--resume", default=None, help="a checkpoint-<step> folder of --output-dir, or 'latest'")
@@ -227,41 +229,6 @@ def find_resume(config) -> str | None:
     return os.path.join(config.output_dir, max(found, key=lambda d: int(d.split("-")[1]))) if found else None
 
 
-class TrainingStopped(Exception):
-    """Ctrl-C or SIGTERM: every process stopped after the same step, which a checkpoint holds."""
-
-    def __init__(self, step: int):
-        super().__init__(f"stopped after step {step}")
-        self.step = step
-
-
-class StopRequest:
-    """Turns the first SIGINT/SIGTERM into a request, honoured at the end of the step by every
-    process together (no process is cut off inside a collective); later signals are logged."""
-
-    def __init__(self):
-        self.requested = False
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            log.warning("already stopping: the step in progress finishes and is saved")
-        self.requested = True
-
-    @contextlib.contextmanager
-    def installed(self):
-        names = [signal.SIGINT, signal.SIGTERM]
-        previous = {sig: signal.getsignal(sig) for sig in names}
-        if threading.current_thread() is threading.main_thread():
-            for sig in names:
-                signal.signal(sig, self._handle)
-        try:
-            yield self
-        finally:
-            if threading.current_thread() is threading.main_thread():
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-
 def train(accelerator, models, dataset, config) -> str:
     """Run the chosen stage; returns the final mapper file (on every process)."""
     unet, vae, text, tokenizer, vision = models
@@ -301,6 +268,17 @@ def train(accelerator, models, dataset, config) -> str:
             save_mapper(accelerator, stage, os.path.join(config.output_dir, f"mapper_{step:06d}.safetensors"), step, config)
         accelerator.wait_for_everyone()
 
+    accelerator.init_trackers(f"elite-{config.stage}", config={k: v for k, v in vars(config).items()
+                                                               if isinstance(v, (int, float, str, bool))})
+    samples = validation_samples(dataset, config.validation_images, config.seed) if config.validation_images else []
+
+    def validate(step: int) -> None:
+        if samples and accelerator.is_main_process:
+            images = validation_images(accelerator.unwrap_model(stage), models, samples, steps=config.validation_steps)
+            path = save_validation(images, config.output_dir, step, tensorboard_tracker(accelerator))
+            log.info("validation images of step %d: %s", step, path)
+        accelerator.wait_for_everyone()
+
     stop = StopRequest()
     progress = tqdm(total=config.steps, initial=start, disable=not accelerator.is_main_process, unit="step",
                     dynamic_ncols=True, desc=f"ELITE {config.stage}")
@@ -330,15 +308,17 @@ def train(accelerator, models, dataset, config) -> str:
                 progress.set_postfix(loss=f"{total:.4f}", samples_per_s=f"{rate:.2f}")
                 if done % 50 == 0 or done == config.steps:
                     log.info("step %d/%d  loss %.5f  %.2f samples/s", done, config.steps, total, rate)
+            accelerator.log({"loss": total}, step=done)
             if stopping and done < config.steps:
                 checkpoint(done)
                 progress.close()
                 if accelerator.is_main_process:
-                        log.warning("stopped on request after step %d; %s holds it: continue with --resume latest", done,
+                    log.warning("stopped on request after step %d; %s holds it: continue with --resume latest", done,
                                 os.path.join(config.output_dir, f"checkpoint-{done}"))
                 raise TrainingStopped(done)
             if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
                 checkpoint(done)
+                validate(done)
     progress.close()
     if dataset.bad:
         log.warning("%d unreadable record(s) were skipped on process %d", dataset.bad, rank)
@@ -346,6 +326,9 @@ def train(accelerator, models, dataset, config) -> str:
     if accelerator.is_main_process:
         save_mapper(accelerator, stage, final, config.steps, config)
     accelerator.wait_for_everyone()
+    if config.steps > start:
+        validate(config.steps)
+    accelerator.end_training()
     return final
 
 
@@ -358,7 +341,8 @@ def main(argv=None) -> int:
         log.error("The trainer needs Hugging Face accelerate: pip install -r requirements-train.txt")
         return 2
     try:
-        accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
+        accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision, project_dir=config.output_dir,
+                                  log_with=tensorboard_logging() if config.validation_images else None)
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
         models = load_models(config.pretrained, config.image_encoder, accelerator.device, dtype, config.config,
                              config.tokenizer)

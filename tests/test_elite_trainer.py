@@ -82,7 +82,8 @@ def launch_command(output: Path, base_model: Path, data: Path, *extra: str, proc
                "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
                "-m", "elite_training.elite", "--pretrained", str(base_model),
                "--image-encoder", str(base_model / "image_encoder"), "--data", str(data), "--output-dir", str(output),
-               "--resolution", "64", "--gradient-accumulation", "1", "--learning-rate", "1e-3", "--cpu", *extra]
+               "--resolution", "64", "--gradient-accumulation", "1", "--learning-rate", "1e-3", "--cpu",
+            "--validation-images", "0", *extra]
 
 
 LAUNCH_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
@@ -150,7 +151,12 @@ def test_ctrl_c_stops_both_processes_after_the_same_step_and_the_run_resumes_exa
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, base_model, data):
     whole = launch(tmp_path, base_model, data, "whole", "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2",
-                   "--export-pt")
+                   "--export-pt", "--validation-images", "2", "--validation-steps", "2")
+    # validation images at the checkpoint and at the end (they do not disturb training: see below)
+    for step in (2, 4):
+        with Image.open(whole / "validation" / f"step_{step:06d}.png") as grid:
+            assert grid.size == (2 * 64, 2 * 64)
+    assert list(whole.rglob("events.out.tfevents.*")), "no TensorBoard log"
     assert (whole / "checkpoint-2").is_dir() and (whole / "mapper_000002.safetensors").is_file()
     # --export-pt: the official layout (a plain state dict, official names) beside each file
     for pt, st in (("mapper_000002.pt", "mapper_000002.safetensors"), ("mapper.pt", "global_mapper.safetensors")):
