@@ -264,3 +264,19 @@ def test_shipped_sd15_configs_match_comfyui_sd15_layout():
     assert clip.pop("text_projection.weight") == (768, 768)  # CLIPTextModel has no projection
     flat = lambda d: {key.removeprefix("text_model."): value for key, value in d.items()}  # noqa: E731
     assert flat(clip) == flat(shapes(text.state_dict()))
+
+
+def test_the_trainer_trains_from_a_single_file(tiny, tmp_path):
+    """`--pretrained file.safetensors --config <diffusers folder>` through accelerate, one step."""
+    import numpy as np
+    from PIL import Image
+    from safetensors import safe_open
+    from test_elite_trainer import launch
+
+    images = tmp_path / "objects" / "images"
+    images.mkdir(parents=True)
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (72, 88, 3), dtype=np.uint8)).save(images / "a.png")
+    out = launch(tmp_path, tiny["single"], tmp_path / "objects", "run", "--steps", "1", "--batch-size", "1",
+                 "--config", str(tiny["folder"]), "--image-encoder", str(tiny["vision"]))
+    with safe_open(str(out / "global_mapper.safetensors"), "pt") as f:
+        assert f.metadata()["base_model"] == "tiny-sd15.safetensors"
