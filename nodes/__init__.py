@@ -5,10 +5,12 @@ from .nodes_catversion import CatVersionApply, CatVersionLoader, CatVersionTrain
 from .nodes_conditioning import ELITEConditioning
 from .nodes_encoder import ELITEEncoder
 from .nodes_mapper_loader import ELITEGlobalMapperLoader, ELITELocalMapperLoader
+from .nodes_prepare import ELITEPrepareConcept
 
 ELITE_NODES = [
     ELITEGlobalMapperLoader,
     ELITELocalMapperLoader,
+    ELITEPrepareConcept,
     ELITEEncoder,
     ELITEConditioning,
     ELITELocalAttnPatch,
