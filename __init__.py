@@ -2,12 +2,13 @@
 
 from comfy_api.latest import ComfyExtension
 
-from .elite_core import comfy_catversion
+from .elite_core import comfy_catversion, comfy_concepts
 from .elite_core.comfy_adapter import register_model_folder
 from .nodes import ELITE_NODES
 
 register_model_folder()
 comfy_catversion.register_model_folder()
+comfy_concepts.register_concept_folder()
 
 
 class ELITEExtension(ComfyExtension):

@@ -2,6 +2,7 @@
 
 from .nodes_attn_patch import ELITELocalAttnPatch
 from .nodes_catversion import CatVersionApply, CatVersionLoader, CatVersionTrain
+from .nodes_concepts import ELITELoadConcept, ELITESaveConcept
 from .nodes_conditioning import ELITEConditioning
 from .nodes_encoder import ELITEEncoder
 from .nodes_mapper_loader import ELITEGlobalMapperLoader, ELITELocalMapperLoader
@@ -14,6 +15,8 @@ ELITE_NODES = [
     ELITEEncoder,
     ELITEConditioning,
     ELITELocalAttnPatch,
+    ELITESaveConcept,
+    ELITELoadConcept,
     CatVersionLoader,
     CatVersionApply,
     CatVersionTrain,

@@ -69,9 +69,10 @@ def build_tiny_sd15_model(seed: int = 0, dtype: torch.dtype = torch.float32, std
 TINY_CLIP_TEXT = {"num_hidden_layers": 2, "intermediate_size": 256, "num_attention_heads": 4}
 
 
-def build_tiny_clip(seed: int = 1, real_size: bool = False, std: float = 0.02):
+def build_tiny_clip(seed: int = 1, real_size: bool = False, std: float = 0.02, embedding_directory=None):
     """ComfyUI's SD1 CLIP with its real tokenizer: two small layers, or (``real_size``) the real
-    CLIP-L text encoder (12 layers, 768 wide, 12 heads, MLP 3072) with random weights."""
+    CLIP-L text encoder (12 layers, 768 wide, 12 heads, MLP 3072) with random weights.
+    ``embedding_directory``: where its tokenizer finds ``embedding:<name>`` files."""
     import comfy.sd
     import comfy.sd1_clip
     import comfy.supported_models_base
@@ -79,6 +80,7 @@ def build_tiny_clip(seed: int = 1, real_size: bool = False, std: float = 0.02):
     target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
     clip = comfy.sd.CLIP(
         target,
+        embedding_directory=embedding_directory,
         model_options={
             "dtype": torch.float32,
             "clip_l_model_config": {} if real_size else dict(TINY_CLIP_TEXT),
