@@ -1,7 +1,8 @@
 """Cost of ELITE on one CFG step of a real-size SD1.5 UNet (random weights) at 512x512, on the CPU.
 
-Three configurations of one and the same UNet: unpatched, ELITE global only (the 32 attn2 K/V
-weights replaced) and ELITE global + local (λ = 0.8). Each timed step runs on the same weights in
+Four configurations of one and the same UNet: unpatched, ELITE global only (the 32 attn2 K/V
+weights replaced), ELITE global + local (λ = 0.8), and the same recording the attention map (ELITE
+Attention Patch's attention_map on; off, nothing is recorded and nothing extra runs). Each timed step runs on the same weights in
 memory (the configuration is patched in before and unpatched after it, outside the timing), and the
 configurations take turns, so the ratios show ELITE's cost and not where each copy happens to
 live. The script prints the median and best time ratios to unpatched, measured in this one run.
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = ("unpatched", "global", "global+local")
+CONFIGS = ("unpatched", "global", "global+local", "global+local+map")
 
 
 def setup_comfy():
@@ -78,6 +79,8 @@ def configure(model, concept, positive, config: str):
         return adapter.apply_global_kv(model, concept)
     if config == "global+local":
         return adapter.apply_elite(model, concept, positive, 0.8)
+    if config == "global+local+map":
+        return adapter.apply_elite(model, concept, positive, 0.8, record_attention=True)
     return model
 
 
@@ -177,15 +180,17 @@ def main() -> None:
         one_step(models[config], context, args.size)  # warm-up, and the lazy local K/V projections
     times = {config: [] for config in CONFIGS}
     for round_index in range(args.rounds):
-        order = CONFIGS[round_index % 3:] + CONFIGS[:round_index % 3]  # alternate who goes first
+        turn = round_index % len(CONFIGS)
+        order = CONFIGS[turn:] + CONFIGS[:turn]  # alternate who goes first
         for config in order:
             times[config].append(one_step(models[config], context, args.size))
     median = {config: statistics.median(values) for config, values in times.items()}
     best = {config: min(values) for config, values in times.items()}
     print(f"one CFG step (batch 2), SD1.5 layout, {args.size}x{args.size}, CPU, {args.rounds} alternating rounds")
     for config in CONFIGS:
-        print(f"  {config:<13} time ratio: median {median[config] / median['unpatched']:.3f}x, "
+        print(f"  {config:<17} time ratio: median {median[config] / median['unpatched']:.3f}x, "
               f"best {best[config] / best['unpatched']:.3f}x")
+    print(f"  attention map on / off: median {median['global+local+map'] / median['global+local']:.3f}x")
     plain, elite = attn2_seconds(models["global+local"], context, args.size)
     print(f"  16 attn2 attentions per step: ELITE's probe + replace take {elite / plain:.2f}x ComfyUI's "
           f"attention alone; the extra is {(elite - plain) / median['unpatched']:.2%} of an unpatched step "
@@ -193,7 +198,7 @@ def main() -> None:
     if not args.skip_memory:
         peaks = {config: measure_peak(config, args.size) for config in CONFIGS}
         for config in CONFIGS:
-            print(f"  {config:<13} peak RSS ratio {peaks[config] / peaks['unpatched']:.3f}x")
+            print(f"  {config:<17} peak RSS ratio {peaks[config] / peaks['unpatched']:.3f}x")
 
 
 if __name__ == "__main__":

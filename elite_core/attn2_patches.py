@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .local_attention import AttentionFn, local_term, placeholder_selection
+from .local_attention import AttentionFn, local_term, placeholder_gate, placeholder_selection
 
 COND = 0  # cond_or_uncond entry of a positive-prompt chunk
 
@@ -82,8 +82,10 @@ class ELITEAttn2Replace(_SharedPatch):
         sigma_end: float,
         attention: AttentionFn,
         previous: Callable | None = None,
+        recorder=None,
     ):
         self.key = key
+        self.recorder = recorder  # an attention_maps.AttentionRecorder, or None (records nothing)
         self.scale = float(scale)
         self.sigma_start = float(sigma_start)
         self.sigma_end = float(sigma_end)
@@ -132,4 +134,16 @@ class ELITEAttn2Replace(_SharedPatch):
             if kind == COND:
                 part = slice(index * rows, (index + 1) * rows)
                 out[part] += local_term(q[part], k[part], selection[part], k_local, v_local, heads, scale, self.attention)
+                if self.recorder is not None:
+                    self._record(q[part], k[part], selection[part], heads, scale, extra_options)
         return out
+
+    def _record(self, q, k, selection, heads, scale, extra_options) -> None:
+        """The gate of this call into the recorder, when the local branch is active (opt-in: it
+        computes the gate again and synchronises with the device)."""
+        if float(scale) == 0.0 or not bool(selection.any()):
+            return
+        shape = extra_options.get("original_shape")
+        sigmas = extra_options.get("sigmas")
+        sigma = float(sigmas.detach().flatten()[0]) if sigmas is not None else None
+        self.recorder.add(placeholder_gate(q, k, selection, heads), (shape[-2], shape[-1]), sigma)

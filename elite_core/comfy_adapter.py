@@ -26,7 +26,7 @@ from .clip_input import (
     select_elite_layers,
     squash_to_clip_input,
 )
-from .comfy_unet_patch import PLACEHOLDER_KEY, apply_elite, apply_global_kv  # noqa: F401  (re-exported)
+from .comfy_unet_patch import PLACEHOLDER_KEY, apply_elite, apply_global_kv, attention_recorder  # noqa: F401  (re-exported)
 from .concept import ELITEConcept, LocalBranch
 from .input_checks import ELITEInputError, check_image, check_mask
 from .mappers import GlobalMapper, LocalMapper, MapperWidths, SiteKV, build_mapper, kv_from_state_dict

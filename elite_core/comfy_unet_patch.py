@@ -14,6 +14,7 @@ import torch
 
 from comfy.ldm.modules.attention import optimized_attention
 
+from .attention_maps import AttentionRecorder
 from .attn2_patches import ELITEAttn2Replace, PlaceholderProbe
 from .concept import ELITEConcept, KVWeights
 from .input_checks import ELITEInputError, check_number
@@ -112,8 +113,16 @@ def _existing_attn2_replace(model, block: tuple[str, int]):
     return found if found is not None else replaces.get(block)
 
 
+RECORDER_KEY = "elite_attention_recorder"
+
+
+def attention_recorder(model) -> AttentionRecorder | None:
+    """The recorder ELITE Attention Patch put on ``model`` (or on the model it was cloned from)."""
+    return model.model_options.get("transformer_options", {}).get(RECORDER_KEY)
+
+
 def add_local_attention(patched, concept: ELITEConcept, positive, strength: float,
-                        start_percent: float, end_percent: float) -> None:
+                        start_percent: float, end_percent: float, recorder: AttentionRecorder | None = None) -> None:
     """Install ELITE's local branch on all 16 attn2 sites of ``patched`` (already a clone)."""
     fingerprints = placeholder_fingerprints(positive)
     if fingerprints is None:
@@ -136,14 +145,17 @@ def add_local_attention(patched, concept: ELITEConcept, positive, strength: floa
             weight_v=lambda p=site.ckpt_prefix: kv()[p][1],
             scale=strength, sigma_start=sigma_start, sigma_end=sigma_end,
             attention=optimized_attention, previous=_existing_attn2_replace(patched, site.block),
+            recorder=recorder,
         )
         patched.set_model_attn2_replace(replace, site.block[0], site.block[1], 0)
 
 
 def apply_elite(model, concept: ELITEConcept, positive=None, strength: float = 0.8,
-                start_percent: float = 0.0, end_percent: float = 1.0, global_kv: bool = True):
+                start_percent: float = 0.0, end_percent: float = 1.0, global_kv: bool = True,
+                record_attention: bool = False):
     """A clone of ``model`` with ELITE's global K/V weights and, when the concept has a local
-    mapping and ``strength`` > 0, the local attention branch."""
+    mapping and ``strength`` > 0, the local attention branch; with ``record_attention``, the branch
+    records the placeholder's attention map (read it with :func:`attention_recorder`)."""
     strength = check_number("strength (λ)", strength, 0.0, 2.0)
     start_percent = check_number("start_percent", start_percent, 0.0, 1.0)
     end_percent = check_number("end_percent", end_percent, 0.0, 1.0)
@@ -158,7 +170,12 @@ def apply_elite(model, concept: ELITEConcept, positive=None, strength: float = 0
     else:
         model_sd1_width(patched)
     if strength != 0.0 and concept.local is not None:
-        add_local_attention(patched, concept, positive, strength, start_percent, end_percent)
+        recorder = None
+        if record_attention:
+            recorder = AttentionRecorder()
+            options = patched.model_options.setdefault("transformer_options", {})
+            options[RECORDER_KEY] = recorder
+        add_local_attention(patched, concept, positive, strength, start_percent, end_percent, recorder)
     elif strength != 0.0:
         log.info("ELITE: the concept has no local mapping (no local mapper connected); global mapping only.")
     return patched

@@ -1,5 +1,6 @@
 """ComfyUI node classes of the ELITE pack: thin schemas that call elite_core."""
 
+from .nodes_attention_map import ELITEAttentionMap
 from .nodes_attn_patch import ELITELocalAttnPatch
 from .nodes_catversion import CatVersionApply, CatVersionLoader, CatVersionTrain
 from .nodes_concepts import ELITELoadConcept, ELITESaveConcept
@@ -15,6 +16,7 @@ ELITE_NODES = [
     ELITEEncoder,
     ELITEConditioning,
     ELITELocalAttnPatch,
+    ELITEAttentionMap,
     ELITESaveConcept,
     ELITELoadConcept,
     CatVersionLoader,

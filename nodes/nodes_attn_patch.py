@@ -36,13 +36,15 @@ class ELITELocalAttnPatch(io.ComfyNode):
                                tooltip="Fraction of the schedule where the local branch stops."),
                 io.Boolean.Input("global_kv", default=True,
                                  tooltip="Use ELITE's fine-tuned cross-attention K/V weights (the reference always does)."),
+                io.Boolean.Input("attention_map", default=False,
+                                 tooltip="Record where the concept goes while sampling, for ELITE Attention Map "
+                                         "(costs a little time; off records nothing)."),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
     def execute(cls, model, concept, positive=None, strength=0.8, start_percent=0.0, end_percent=1.0,
-                global_kv=True) -> io.NodeOutput:
-        return io.NodeOutput(
-            comfy_adapter.apply_elite(model, concept, positive, strength, start_percent, end_percent, global_kv)
-        )
+                global_kv=True, attention_map=False) -> io.NodeOutput:
+        return io.NodeOutput(comfy_adapter.apply_elite(model, concept, positive, strength, start_percent, end_percent,
+                                                       global_kv, attention_map))
