@@ -36,7 +36,7 @@ class ELITELocalAttnPatch(io.ComfyNode):
                                tooltip="Fraction of the schedule where the local branch stops."),
                 io.Boolean.Input("global_kv", default=True,
                                  tooltip="Use ELITE's fine-tuned cross-attention K/V weights (the reference always does)."),
-                io.Boolean.Input("attention_map", default=False,
+                io.Boolean.Input("attention_map", default=False, optional=True,
                                  tooltip="Record where the concept goes while sampling, for ELITE Attention Map "
                                          "(costs a little time; off records nothing)."),
             ],
