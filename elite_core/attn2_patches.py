@@ -17,7 +17,9 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
+from .attention_maps import layer_grid
 from .local_attention import AttentionFn, local_term, placeholder_gate, placeholder_selection
 
 COND = 0  # cond_or_uncond entry of a positive-prompt chunk
@@ -83,8 +85,12 @@ class ELITEAttn2Replace(_SharedPatch):
         attention: AttentionFn,
         previous: Callable | None = None,
         recorder=None,
+        region: torch.Tensor | None = None,
     ):
         self.key = key
+        # where the local term applies, (1 or batch, H, W) in [0, 1]; None = everywhere
+        self.region = None if region is None else region.detach().float().cpu()
+        self._region_cache: dict = {}
         self.recorder = recorder  # an attention_maps.AttentionRecorder, or None (records nothing)
         self.scale = float(scale)
         self.sigma_start = float(sigma_start)
@@ -133,10 +139,26 @@ class ELITEAttn2Replace(_SharedPatch):
         for index, kind in enumerate(chunks):
             if kind == COND:
                 part = slice(index * rows, (index + 1) * rows)
-                out[part] += local_term(q[part], k[part], selection[part], k_local, v_local, heads, scale, self.attention)
+                term = local_term(q[part], k[part], selection[part], k_local, v_local, heads, scale, self.attention)
+                if self.region is not None:
+                    term = term * self._region_weights(term.shape[0], term.shape[1], extra_options, q.device, q.dtype)
+                out[part] += term
                 if self.recorder is not None:
                     self._record(q[part], k[part], selection[part], heads, scale, extra_options)
         return out
+
+    def _region_weights(self, rows: int, tokens: int, extra_options, device, dtype) -> torch.Tensor:
+        """The region mask at this layer's grid, (rows or 1, tokens, 1): resized to the latent
+        (bilinear), then averaged over each layer position."""
+        shape = extra_options["original_shape"]
+        grid = layer_grid(tokens, shape[-2], shape[-1])
+        key = (grid, tuple(shape[-2:]), device, dtype)
+        if key not in self._region_cache:
+            region = F.interpolate(self.region[:, None], size=tuple(shape[-2:]), mode="bilinear", align_corners=False)
+            region = F.adaptive_avg_pool2d(region, grid).flatten(1)[..., None]
+            self._region_cache[key] = region.to(device, dtype)
+        region = self._region_cache[key]
+        return region if region.shape[0] in (1, rows) else region[:1]
 
     def _record(self, q, k, selection, heads, scale, extra_options) -> None:
         """The gate of this call into the recorder, when the local branch is active (opt-in: it

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,7 @@ from .clip_input import (
     select_elite_layers,
     squash_to_clip_input,
 )
-from .comfy_unet_patch import PLACEHOLDER_KEY, apply_elite, apply_global_kv, attention_recorder  # noqa: F401  (re-exported)
+from .comfy_unet_patch import CONCEPT_PLACEHOLDERS_KEY, PLACEHOLDER_KEY, apply_elite, apply_global_kv, attention_recorder  # noqa: F401  (re-exported)
 from .concept import ELITEConcept, LocalBranch
 from .input_checks import ELITEInputError, check_image, check_mask
 from .mappers import GlobalMapper, LocalMapper, MapperWidths, SiteKV, build_mapper, kv_from_state_dict
@@ -244,41 +245,59 @@ def encode_concept(clip_vision, global_mapper: LoadedMapper, image: torch.Tensor
 # --------------------------------------------------------------------------- text conditioning
 
 
-def concept_conditioning(clip, concept: ELITEConcept, text: str, placeholder: str, all_words: bool):
-    """CONDITIONING for ``text`` with the concept's word(s) at the placeholder token."""
+def _check_placeholder(placeholder: str) -> str:
     placeholder = placeholder.strip()
     if not placeholder or any(c in placeholder for c in " ()[]:\\"):
         raise ELITEInputError(
             f"The placeholder '{placeholder}' must be a single word without spaces, brackets or colons (e.g. S)."
         )
+    return placeholder
+
+
+def concept_conditioning(clip, concept: ELITEConcept, text: str, placeholder: str, all_words: bool,
+                         more: Sequence[tuple[ELITEConcept, str]] = ()):
+    """CONDITIONING for ``text`` with the concept's word(s) at the placeholder token; ``more``
+    (concept, placeholder) pairs put further concepts' primary words at their own placeholders.
+
+    Returns the conditioning and the first concept's :class:`Injection`. Each concept's placeholder
+    vector is stored in the conditioning under the concept's key (ELITE Attention Patch gates that
+    concept's local branch by its own placeholder only)."""
+    pairs = [(concept, _check_placeholder(placeholder))] + [(c, _check_placeholder(p)) for c, p in more]
+    if len({p for _, p in pairs}) != len(pairs):
+        raise ELITEInputError(f"Each concept needs its own placeholder word; got {[p for _, p in pairs]}.")
+    if more and all_words:
+        raise ELITEInputError("With several concepts, each puts its primary word at its placeholder: set words to "
+                              "'primary word'.")
     tokens = clip.tokenize(text)
     if set(tokens.keys()) != {"l"}:
         raise ELITEInputError(
             f"This CLIP has text encoders {sorted(tokens.keys())}; ELITE works with Stable Diffusion 1.x "
             "(one CLIP ViT-L text encoder). Load an SD1.x checkpoint."
         )
-    if concept.text_width != SD1_TEXT_WIDTH:
-        raise ELITEInputError(
-            f"The concept's words are {concept.text_width} wide; SD1.x CLIP needs {SD1_TEXT_WIDTH}. "
-            "The ELITE mapper file does not match SD1.x."
-        )
-    try:
-        token_id = placeholder_token_id(clip.tokenize(placeholder)["l"][0], placeholder)
-        rows, injection = inject_words(tokens["l"], token_id, concept.prompt_words(all_words))
-    except PlaceholderMissing:
-        raise ELITEInputError(
-            f"The prompt has no placeholder '{placeholder}'. Write it as its own word where the "
-            f"concept goes, e.g. 'a photo of {placeholder} on the beach'."
-        ) from None
-    except PlaceholderError as exc:
-        raise ELITEInputError(str(exc)) from None
-    tokens["l"] = rows
-    log.debug("ELITE words injected at token positions %s", injection.positions)
+    injections = []
+    for item, word in pairs:
+        if item.text_width != SD1_TEXT_WIDTH:
+            raise ELITEInputError(
+                f"The concept's words are {item.text_width} wide; SD1.x CLIP needs {SD1_TEXT_WIDTH}. "
+                "The ELITE mapper file does not match SD1.x."
+            )
+        try:
+            token_id = placeholder_token_id(clip.tokenize(word)["l"][0], word)
+            tokens["l"], injection = inject_words(tokens["l"], token_id, item.prompt_words(all_words))
+        except PlaceholderMissing:
+            raise ELITEInputError(
+                f"The prompt has no placeholder '{word}'. Write it as its own word where the "
+                f"concept goes, e.g. 'a photo of {word} on the beach'."
+            ) from None
+        except PlaceholderError as exc:
+            raise ELITEInputError(str(exc)) from None
+        injections.append(injection)
+        log.debug("ELITE words injected at token positions %s", injection.positions)
     conditioning = clip.encode_from_tokens_scheduled(tokens)
     # The placeholder's encoded vector identifies it later inside the UNet's context, wherever
     # conditioning nodes move it (see PlaceholderProbe).
     marked = []
     for cond, extras in conditioning:
-        fingerprint = cond[:1, injection.index].detach().float().cpu()
-        marked.append([cond, {**extras, PLACEHOLDER_KEY: fingerprint}])
-    return marked, injection
+        by_concept = {item.key: cond[:1, inj.index].detach().float().cpu() for (item, _), inj in zip(pairs, injections)}
+        marked.append([cond, {**extras, PLACEHOLDER_KEY: by_concept[concept.key], CONCEPT_PLACEHOLDERS_KEY: by_concept}])
+    return marked, injections[0]

@@ -23,6 +23,7 @@ from .sites import SD1_ATTN2_SITES, SD1_TEXT_WIDTH, describe_sd1_kv_layout, firs
 log = logging.getLogger("elite")
 
 PLACEHOLDER_KEY = "elite_placeholder"  # conditioning dict entry: the placeholder's encoded vector(s)
+CONCEPT_PLACEHOLDERS_KEY = "elite_placeholders"  # {concept key: its placeholder's encoded vector}
 _USE_SD1 = "Use an SD1.x checkpoint (v1-4, v1-5 or a fine-tune of them)."
 
 
@@ -101,9 +102,21 @@ def apply_global_kv(model, concept: ELITEConcept):
     return patched
 
 
-def placeholder_fingerprints(positive) -> torch.Tensor | None:
-    """The placeholder vectors ELITE Conditioning stored in a CONDITIONING, (m, D), or None."""
-    found = [extras[PLACEHOLDER_KEY] for _, extras in positive or [] if PLACEHOLDER_KEY in extras]
+def placeholder_fingerprints(positive, concept: ELITEConcept | None = None) -> torch.Tensor | None:
+    """The placeholder vectors ELITE Conditioning stored in a CONDITIONING for ``concept``, (m, D),
+    or None. Conditioning with several concepts keeps one vector per concept; a concept not among
+    them is refused (its local branch would otherwise follow another concept's word)."""
+    found = []
+    for _, extras in positive or []:
+        by_concept = extras.get(CONCEPT_PLACEHOLDERS_KEY)
+        if concept is not None and by_concept and len(by_concept) > 1:
+            if concept.key not in by_concept:
+                raise ELITEInputError(
+                    "This concept is not one of the concepts of the positive prompt's ELITE Conditioning: connect "
+                    "the same concept to both nodes.")
+            found.append(by_concept[concept.key])
+        elif PLACEHOLDER_KEY in extras:
+            found.append(extras[PLACEHOLDER_KEY])
     return torch.cat(found) if found else None
 
 
@@ -116,15 +129,28 @@ def _existing_attn2_replace(model, block: tuple[str, int]):
 RECORDER_KEY = "elite_attention_recorder"
 
 
+def check_region(region: torch.Tensor | None) -> torch.Tensor | None:
+    """A region MASK as (1 or batch, H, W) floats in [0, 1], or None."""
+    if region is None:
+        return None
+    region = region.unsqueeze(0) if region.dim() == 2 else region
+    if region.dim() != 3 or region.shape[-1] < 1 or region.shape[-2] < 1:
+        raise ELITEInputError(f"The region must be a MASK (batch, height, width); got shape {tuple(region.shape)}.")
+    if not torch.isfinite(region).all():
+        raise ELITEInputError("The region MASK holds NaN or infinite values; check the node that made it.")
+    return region.float().clamp(0, 1)
+
+
 def attention_recorder(model) -> AttentionRecorder | None:
     """The recorder ELITE Attention Patch put on ``model`` (or on the model it was cloned from)."""
     return model.model_options.get("transformer_options", {}).get(RECORDER_KEY)
 
 
 def add_local_attention(patched, concept: ELITEConcept, positive, strength: float,
-                        start_percent: float, end_percent: float, recorder: AttentionRecorder | None = None) -> None:
+                        start_percent: float, end_percent: float, recorder: AttentionRecorder | None = None,
+                        region: torch.Tensor | None = None) -> None:
     """Install ELITE's local branch on all 16 attn2 sites of ``patched`` (already a clone)."""
-    fingerprints = placeholder_fingerprints(positive)
+    fingerprints = placeholder_fingerprints(positive, concept)
     if fingerprints is None:
         raise ELITEInputError(
             "The local mapping needs the positive prompt from ELITE Conditioning (it finds the "
@@ -145,17 +171,18 @@ def add_local_attention(patched, concept: ELITEConcept, positive, strength: floa
             weight_v=lambda p=site.ckpt_prefix: kv()[p][1],
             scale=strength, sigma_start=sigma_start, sigma_end=sigma_end,
             attention=optimized_attention, previous=_existing_attn2_replace(patched, site.block),
-            recorder=recorder,
+            recorder=recorder, region=region,
         )
         patched.set_model_attn2_replace(replace, site.block[0], site.block[1], 0)
 
 
 def apply_elite(model, concept: ELITEConcept, positive=None, strength: float = 0.8,
                 start_percent: float = 0.0, end_percent: float = 1.0, global_kv: bool = True,
-                record_attention: bool = False):
+                record_attention: bool = False, region: torch.Tensor | None = None):
     """A clone of ``model`` with ELITE's global K/V weights and, when the concept has a local
     mapping and ``strength`` > 0, the local attention branch; with ``record_attention``, the branch
-    records the placeholder's attention map (read it with :func:`attention_recorder`)."""
+    records the placeholder's attention map (read it with :func:`attention_recorder`); ``region``
+    (a MASK, 1 = yes) limits where the local branch adds detail."""
     strength = check_number("strength (λ)", strength, 0.0, 2.0)
     start_percent = check_number("start_percent", start_percent, 0.0, 1.0)
     end_percent = check_number("end_percent", end_percent, 0.0, 1.0)
@@ -175,7 +202,8 @@ def apply_elite(model, concept: ELITEConcept, positive=None, strength: float = 0
             recorder = AttentionRecorder()
             options = patched.model_options.setdefault("transformer_options", {})
             options[RECORDER_KEY] = recorder
-        add_local_attention(patched, concept, positive, strength, start_percent, end_percent, recorder)
+        add_local_attention(patched, concept, positive, strength, start_percent, end_percent, recorder,
+                            check_region(region))
     elif strength != 0.0:
         log.info("ELITE: the concept has no local mapping (no local mapper connected); global mapping only.")
     return patched

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -47,6 +48,12 @@ class ELITEConcept:
         missing = [s.ckpt_prefix for s in SD1_ATTN2_SITES if s.ckpt_prefix not in self.global_kv]
         if missing:
             raise ValueError(f"global_kv lacks {len(missing)} cross-attention sites, e.g. {missing[0]}")
+
+    @property
+    def key(self) -> str:
+        """A short hash of the concept's words: which concept a placeholder belongs to, when a
+        prompt holds several."""
+        return hashlib.sha256(self.words.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
     @property
     def num_images(self) -> int:

@@ -36,6 +36,9 @@ class ELITELocalAttnPatch(io.ComfyNode):
                                tooltip="Fraction of the schedule where the local branch stops."),
                 io.Boolean.Input("global_kv", default=True,
                                  tooltip="Use ELITE's fine-tuned cross-attention K/V weights (the reference always does)."),
+                io.Mask.Input("region", optional=True,
+                              tooltip="Where the local branch adds the concept's detail (1 = yes, any size; it is "
+                                      "scaled to the image). Without it, wherever the placeholder's attention goes."),
                 io.Boolean.Input("attention_map", default=False, optional=True,
                                  tooltip="Record where the concept goes while sampling, for ELITE Attention Map "
                                          "(costs a little time; off records nothing)."),
@@ -45,6 +48,6 @@ class ELITELocalAttnPatch(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, concept, positive=None, strength=0.8, start_percent=0.0, end_percent=1.0,
-                global_kv=True, attention_map=False) -> io.NodeOutput:
+                global_kv=True, region=None, attention_map=False) -> io.NodeOutput:
         return io.NodeOutput(comfy_adapter.apply_elite(model, concept, positive, strength, start_percent, end_percent,
-                                                       global_kv, attention_map))
+                                                       global_kv, attention_map, region))

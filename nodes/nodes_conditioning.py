@@ -45,6 +45,10 @@ class ELITEConditioning(io.ComfyNode):
                         "words: the placeholder becomes five tokens, one per CLIP layer."
                     ),
                 ),
+                ConceptType.Input("concept_2", optional=True,
+                                  tooltip="A second concept in the same prompt, at its own placeholder."),
+                io.String.Input("placeholder_2", default="T", optional=True,
+                                tooltip="The second concept's placeholder word (not the first's)."),
             ],
             outputs=[io.Conditioning.Output()],
         )
@@ -54,11 +58,13 @@ class ELITEConditioning(io.ComfyNode):
         return words is None or _unknown_words_mode(words) or True  # None: linked, checked in execute
 
     @classmethod
-    def execute(cls, clip, concept, text: str, placeholder: str, words: str) -> io.NodeOutput:
+    def execute(cls, clip, concept, text: str, placeholder: str, words: str, concept_2=None,
+                placeholder_2: str = "T") -> io.NodeOutput:
         problem = _unknown_words_mode(words)
         if problem:
             raise comfy_adapter.ELITEInputError(problem)
+        more = [(concept_2, placeholder_2)] if concept_2 is not None else []
         conditioning, _ = comfy_adapter.concept_conditioning(
-            clip, concept, text, placeholder, all_words=(words == WORD_MODES[1])
+            clip, concept, text, placeholder, all_words=(words == WORD_MODES[1]), more=more
         )
         return io.NodeOutput(conditioning)
