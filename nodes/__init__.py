@@ -6,12 +6,14 @@ from .nodes_catversion import CatVersionApply, CatVersionLoader, CatVersionTrain
 from .nodes_concepts import ELITELoadConcept, ELITESaveConcept
 from .nodes_conditioning import ELITEConditioning
 from .nodes_encoder import ELITEEncoder
+from .nodes_example_concept import ELITEExampleConcept
 from .nodes_mapper_loader import ELITEGlobalMapperLoader, ELITELocalMapperLoader
 from .nodes_prepare import ELITEPrepareConcept
 
 ELITE_NODES = [
     ELITEGlobalMapperLoader,
     ELITELocalMapperLoader,
+    ELITEExampleConcept,
     ELITEPrepareConcept,
     ELITEEncoder,
     ELITEConditioning,

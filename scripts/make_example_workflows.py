@@ -31,6 +31,16 @@ OUTPUTS = {
     "CatVersionApply": [("CLIP", "CLIP")],
     "CatVersionTrain": [("catversion", "CATVERSION_ADAPTER")],
     "ImageBatch": [("IMAGE", "IMAGE")],
+    "ELITEExampleConcept": [("image", "IMAGE"), ("mask", "MASK")],
+    "ELITEPrepareConcept": [("image", "IMAGE"), ("mask", "MASK")],
+    "ELITESaveConcept": [("concept_name", "STRING")],
+    "ELITELoadConcept": [("concept", "ELITE_CONCEPT")],
+    "ELITEAttentionMap": [("attention", "MASK"), ("overlay", "IMAGE")],
+    "SolidMask": [("MASK", "MASK")],
+    "MaskComposite": [("MASK", "MASK")],
+    "InvertMask": [("MASK", "MASK")],
+    "LoraLoaderModelOnly": [("MODEL", "MODEL")],
+    "Note": [],
 }
 
 
@@ -41,27 +51,71 @@ SIZES = {
     "ELITEConditioning": [400, 200], "CLIPTextEncode": [400, 150], "ELITELocalAttnPatch": [360, 180],
     "EmptyLatentImage": [320, 110], "KSampler": [320, 270], "VAEDecode": [200, 50], "SaveImage": [400, 420],
     "CatVersionLoader": [360, 60], "CatVersionApply": [360, 100], "CatVersionTrain": [400, 420],
-    "ImageBatch": [240, 50],
+    "ImageBatch": [240, 50], "ELITEExampleConcept": [300, 80], "ELITEPrepareConcept": [360, 380],
+    "ELITESaveConcept": [360, 120], "ELITELoadConcept": [360, 100], "ELITEAttentionMap": [400, 420],
+    "SolidMask": [260, 110], "MaskComposite": [260, 150], "InvertMask": [200, 30], "LoraLoaderModelOnly": [360, 90],
+    "Note": [420, 160],
 }
+
+CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"  # the core templates' SD1.5 file name
+# What the frontend offers to download when a file is missing (properties.models of the loader nodes).
+MODELS = {
+    CHECKPOINT: ("https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+                 "v1-5-pruned-emaonly-fp16.safetensors", "checkpoints"),
+    "clip-vit-large-patch14.safetensors": ("https://huggingface.co/openai/clip-vit-large-patch14/resolve/main/"
+                                           "model.safetensors", "clip_vision"),
+    "global_mapper.pt": ("https://huggingface.co/ELITE-library/ELITE/resolve/main/checkpoints/global_mapper.pt", "elite"),
+    "local_mapper.pt": ("https://huggingface.co/ELITE-library/ELITE/resolve/main/checkpoints/local_mapper.pt", "elite"),
+}
+PACK_ID = "elite-personalize"  # the Comfy Registry id (pyproject.toml [project] name)
+CORE_VERSION = "0.3.75"
+
+
+def pack_version() -> str:
+    for line in (REPO / "pyproject.toml").read_text().splitlines():
+        if line.startswith("version"):
+            return line.split("=", 1)[1].strip().strip('"')
+    raise ValueError("pyproject.toml has no version")
+
+
+def properties(node: dict) -> dict:
+    """Registry ids (the Manager installs a missing pack from them) and, on loaders, the model files."""
+    if node["type"] == "Note":
+        return {}
+    props = {"Node name for S&R": node["type"]}
+    if node["type"].startswith(("ELITE", "CatVersion")):
+        props.update(cnr_id=PACK_ID, ver=pack_version())
+    else:
+        props.update(cnr_id="comfy-core", ver=CORE_VERSION)
+    models = [{"name": w, "url": MODELS[w][0], "directory": MODELS[w][1]}
+              for w in node.get("widgets", []) if isinstance(w, str) and w in MODELS]
+    if models:
+        props["models"] = models
+    return props
+
+
+def note(node_id: int, pos: list[int], text: str) -> dict:
+    return dict(id=node_id, type="Note", pos=pos, widgets=[text])
 
 
 def common_nodes(strength: float) -> list[dict]:
     """The graph shared by both examples; the local one adds its loader and mask below."""
     return [
-        dict(id=1, type="CheckpointLoaderSimple", pos=[40, 60], widgets=["v1-5-pruned-emaonly.safetensors"]),
+        dict(id=1, type="CheckpointLoaderSimple", pos=[40, 60], widgets=[CHECKPOINT]),
         dict(id=2, type="CLIPVisionLoader", pos=[40, 220], title="Load CLIP Vision (ViT-L/14)",
              widgets=["clip-vit-large-patch14.safetensors"]),
         dict(id=3, type="ELITEGlobalMapperLoader", pos=[40, 340], widgets=["global_mapper.pt"]),
-        dict(id=4, type="LoadImage", pos=[40, 580], title="Concept image (object centred, transparent background)",
-             widgets=["elite_concept.png", "image"]),
+        dict(id=4, type="ELITEExampleConcept", pos=[40, 580], title="Concept (swap for Load Image + ELITE Prepare Concept)",
+             widgets=["cat"]),
         dict(id=5, type="ELITEEncoder", pos=[460, 340],
-             inputs=[("clip_vision", 2, 0), ("global_mapper", 3, 0), ("image", 4, 0)], widgets=[True]),
+             inputs=[("clip_vision", 2, 0), ("global_mapper", 3, 0), ("image", 4, 0)], widgets=[False]),
         dict(id=6, type="ELITEConditioning", pos=[880, 60], inputs=[("clip", 1, 1), ("concept", 5, 0)],
-             widgets=["a photo of S on the beach", "S", "primary word"]),
+             widgets=["a photo of S on the beach", "S", "primary word", "T"]),
         dict(id=7, type="CLIPTextEncode", pos=[880, 320], title="Negative prompt (empty, as in the reference)",
              inputs=[("clip", 1, 1)], widgets=[""]),
         dict(id=8, type="ELITELocalAttnPatch", pos=[1340, 60],
-             inputs=[("model", 1, 0), ("concept", 5, 0), ("positive", 6, 0)], widgets=[strength, 0.0, 1.0, True]),
+             inputs=[("model", 1, 0), ("concept", 5, 0), ("positive", 6, 0)],
+             widgets=[strength, 0.0, 1.0, True, False]),
         dict(id=9, type="EmptyLatentImage", pos=[880, 530], widgets=[512, 512, 1]),
         dict(id=10, type="KSampler", pos=[1760, 60],
              inputs=[("model", 8, 0), ("positive", 6, 0), ("negative", 7, 0), ("latent_image", 9, 0)],
@@ -71,10 +125,14 @@ def common_nodes(strength: float) -> list[dict]:
     ]
 
 
+FIRST_STEPS = ("What to change first: the concept (Load Image + ELITE Prepare Concept for your own photo), the "
+               "prompt (S stands for the concept) and the seed. Models: SD1.5 in models/checkpoints, CLIP ViT-L/14 "
+               "in models/clip_vision, ELITE's mappers in models/elite (the frontend offers the downloads).")
+
+
 def global_workflow() -> list[dict]:
     nodes = common_nodes(strength=0.8)
-    nodes[4]["widgets"] = [False]  # no local mapper: the mask is not used
-    return nodes
+    return nodes + [note(30, [40, 760], FIRST_STEPS)]
 
 
 def local_workflow() -> list[dict]:
@@ -82,14 +140,99 @@ def local_workflow() -> list[dict]:
     nodes.append(dict(id=13, type="ELITELocalMapperLoader", pos=[40, 460], widgets=["local_mapper.pt"]))
     encoder = nodes[4]
     encoder["inputs"] = encoder["inputs"] + [("local_mapper", 13, 0), ("mask", 4, 1)]
-    return nodes
+    return nodes + [note(30, [40, 760], FIRST_STEPS + " λ (local strength) sets how much of the concept's "
+                         "detail the local branch adds: 0.6 to 0.8.")]
+
+
+def prepare_workflow() -> list[dict]:
+    """From a photo: crop around the object (preview of the CLIP input and kept patches), encode, and
+    show where the concept went."""
+    nodes = [n for n in local_workflow() if n["type"] != "Note"]
+    nodes[3].update(widgets=["dog"], title="Concept photo (swap for Load Image: IMAGE and MASK)")
+    nodes.append(dict(id=14, type="ELITEPrepareConcept", pos=[40, 740], inputs=[("image", 4, 0), ("mask", 4, 1)],
+                      widgets=[0.1, "pad", "auto"]))
+    encoder = nodes[4]
+    encoder["inputs"] = [("clip_vision", 2, 0), ("global_mapper", 3, 0), ("image", 14, 0), ("local_mapper", 13, 0),
+                         ("mask", 14, 1)]
+    nodes[7]["widgets"] = [0.6, 0.0, 1.0, True, True]  # attention_map on
+    nodes.append(dict(id=15, type="ELITEAttentionMap", pos=[2400, 560],
+                      inputs=[("model", 8, 0), ("samples", 10, 0), ("images", 11, 0)]))
+    return nodes + [note(30, [460, 740], "ELITE Prepare Concept crops the photo around its object so it fills "
+                         "ELITE's 224x224 CLIP input; its preview shows that input and the 16x16 patches the local "
+                         "branch keeps. For your own photo use Load Image: a cut-out PNG's MASK works as it is "
+                         "(mask_polarity auto). ELITE Attention Map shows where the concept went.")]
+
+
+def saved_concept_workflow() -> list[dict]:
+    """Encode once and save the concept; the muted group below loads it without encoding."""
+    nodes = [n for n in local_workflow() if n["type"] != "Note"]
+    nodes.append(dict(id=14, type="ELITESaveConcept", pos=[460, 560], inputs=[("concept", 5, 0), ("image", 4, 0)],
+                      widgets=["elite_concept", True]))
+    muted = dict(mode=2)
+    nodes += [
+        dict(id=15, type="ELITELoadConcept", pos=[460, 1000], inputs=[("global_mapper", 3, 0), ("local_mapper", 13, 0)],
+             widgets=["elite_concept_00001.safetensors"], **muted),
+        dict(id=16, type="ELITEConditioning", pos=[880, 1000], inputs=[("clip", 1, 1), ("concept", 15, 0)],
+             widgets=["a photo of S in a garden", "S", "primary word", "T"], **muted),
+        dict(id=17, type="ELITELocalAttnPatch", pos=[1340, 1000],
+             inputs=[("model", 1, 0), ("concept", 15, 0), ("positive", 16, 0)],
+             widgets=[0.6, 0.0, 1.0, True, False], **muted),
+        dict(id=18, type="KSampler", pos=[1760, 1000],
+             inputs=[("model", 17, 0), ("positive", 16, 0), ("negative", 7, 0), ("latent_image", 9, 0)],
+             widgets=[7, "fixed", 50, 5.0, "lms", "normal", 1.0], **muted),
+        dict(id=19, type="VAEDecode", pos=[2140, 1000], inputs=[("samples", 18, 0), ("vae", 1, 2)], **muted),
+        dict(id=20, type="SaveImage", pos=[2400, 1000], inputs=[("images", 19, 0)], widgets=["ELITE_reused"], **muted),
+    ]
+    return nodes + [note(30, [40, 1000], "ELITE Save Concept writes models/elite_concepts/elite_concept_00001"
+                         ".safetensors (and embedding:elite_concept_00001 for CLIP Text Encode). After one run, "
+                         "unmute the lower row (select it, Ctrl+M): it loads the concept without encoding, with "
+                         "the same mapper files.")]
+
+
+def two_concepts_workflow() -> list[dict]:
+    """A cat at S on the left and a dog at T on the right: one conditioning, one patch per concept,
+    each with its region."""
+    nodes = [n for n in local_workflow() if n["type"] != "Note"]
+    nodes[5]["inputs"] = [("clip", 1, 1), ("concept", 5, 0), ("concept_2", 15, 0)]
+    nodes[5]["widgets"] = ["a photo of S and T sitting on the beach", "S", "primary word", "T"]
+    nodes[7].update(inputs=nodes[7]["inputs"] + [("region", 18, 0)], title="ELITE Attention Patch (S: left)")
+    nodes[9]["inputs"] = [("model", 20, 0), ("positive", 6, 0), ("negative", 7, 0), ("latent_image", 9, 0)]
+    nodes[8]["widgets"] = [768, 512, 1]
+    nodes += [
+        dict(id=14, type="ELITEExampleConcept", pos=[40, 740], title="Second concept", widgets=["dog"]),
+        dict(id=15, type="ELITEEncoder", pos=[460, 560],
+             inputs=[("clip_vision", 2, 0), ("global_mapper", 3, 0), ("image", 14, 0), ("local_mapper", 13, 0),
+                     ("mask", 14, 1)], widgets=[False]),
+        dict(id=16, type="SolidMask", pos=[880, 740], widgets=[0.0, 768, 512]),
+        dict(id=17, type="SolidMask", pos=[880, 900], widgets=[1.0, 384, 512]),
+        dict(id=18, type="MaskComposite", pos=[1160, 740], title="Left half",
+             inputs=[("destination", 16, 0), ("source", 17, 0)], widgets=[0, 0, "add"]),
+        dict(id=19, type="InvertMask", pos=[1160, 940], title="Right half", inputs=[("mask", 18, 0)]),
+        dict(id=20, type="ELITELocalAttnPatch", pos=[1340, 300], title="ELITE Attention Patch (T: right)",
+             inputs=[("model", 8, 0), ("concept", 15, 0), ("positive", 6, 0), ("region", 19, 0)],
+             widgets=[0.6, 0.0, 1.0, True, False]),
+    ]
+    return nodes + [note(30, [40, 960], "Two concepts: ELITE Conditioning puts the cat's word at S and the dog's "
+                         "at T; each ELITE Attention Patch adds its concept's detail where its own word is attended, "
+                         "within its region (left and right halves here).")]
+
+
+def lora_workflow() -> list[dict]:
+    """ELITE with a LoRA on top: the LoRA after the ELITE patch."""
+    nodes = [n for n in local_workflow() if n["type"] != "Note"]
+    nodes.append(dict(id=14, type="LoraLoaderModelOnly", pos=[1340, 320], inputs=[("model", 8, 0)],
+                      widgets=["elite_example_lora.safetensors", 0.8]))
+    nodes[9]["inputs"] = [("model", 14, 0), ("positive", 6, 0), ("negative", 7, 0), ("latent_image", 9, 0)]
+    return nodes + [note(30, [40, 760], "Put any SD1.5 LoRA in models/loras and pick it in the LoRA loader, after "
+                         "ELITE Attention Patch (ELITE sets the cross-attention K/V weights; the LoRA's changes are "
+                         "added on top). Style LoRAs combine best.")]
 
 
 def catversion_workflow() -> list[dict]:
     """The authors' teddybear adapter: prefixed CLIP for the prompt, the plain CLIP for the negative
     (the authors' unconditional embedding), DDIM 50 steps with uniform timesteps, CFG 10."""
     return [
-        dict(id=1, type="CheckpointLoaderSimple", pos=[40, 60], widgets=["v1-5-pruned-emaonly.safetensors"]),
+        dict(id=1, type="CheckpointLoaderSimple", pos=[40, 60], widgets=[CHECKPOINT]),
         dict(id=2, type="CatVersionLoader", pos=[40, 220], title="CatVersion adapter (models/catversion)",
              widgets=["teddybear.bin"]),
         dict(id=3, type="CatVersionApply", pos=[460, 60], inputs=[("clip", 1, 1), ("catversion", 2, 0)], widgets=[1.0]),
@@ -110,7 +253,7 @@ def catversion_train_workflow() -> list[dict]:
     """Learn a concept from three photos with the paper's recipe, then use it like the official
     adapters: prefixed CLIP for the prompt, plain CLIP for the negative, DDIM 50, CFG 10."""
     return [
-        dict(id=1, type="CheckpointLoaderSimple", pos=[40, 60], widgets=["v1-5-pruned-emaonly.safetensors"]),
+        dict(id=1, type="CheckpointLoaderSimple", pos=[40, 60], widgets=[CHECKPOINT]),
         dict(id=2, type="LoadImage", pos=[40, 220], title="Photo 1 of the concept", widgets=["concept_photo_1.png", "image"]),
         dict(id=3, type="LoadImage", pos=[40, 600], title="Photo 2 of the concept", widgets=["concept_photo_2.png", "image"]),
         dict(id=4, type="LoadImage", pos=[40, 980], title="Photo 3 of the concept", widgets=["concept_photo_3.png", "image"]),
@@ -159,11 +302,13 @@ def to_ui(nodes: list[dict]) -> dict:
                 {"name": name, "type": kind, "links": targets.get((node["id"], slot), []), "slot_index": slot}
                 for slot, (name, kind) in enumerate(OUTPUTS[node["type"]])
             ],
-            "properties": {"Node name for S&R": node["type"]},
+            "properties": properties(node),
             "widgets_values": node.get("widgets", []),
         }
         if "title" in node:
             ui["title"] = node["title"]
+        if "mode" in node:
+            ui["mode"] = node["mode"]
         ui_nodes.append(ui)
     return {
         "last_node_id": max(n["id"] for n in nodes), "last_link_id": len(links), "nodes": ui_nodes,
@@ -174,6 +319,8 @@ def to_ui(nodes: list[dict]) -> dict:
 
 def main() -> None:
     for name, nodes in (("elite_global", global_workflow()), ("elite_global_local", local_workflow()),
+                        ("elite_prepare_from_photo", prepare_workflow()), ("elite_saved_concept", saved_concept_workflow()),
+                        ("elite_two_concepts", two_concepts_workflow()), ("elite_with_lora", lora_workflow()),
                         ("catversion_teddybear", catversion_workflow()),
                         ("catversion_train_then_apply", catversion_train_workflow())):
         path = REPO / "example_workflows" / f"{name}.json"

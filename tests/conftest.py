@@ -54,6 +54,9 @@ import nodes  # noqa: E402
 for pack_dir in (PACK_LINK, TEST_PACK_LINK):
     if not asyncio.run(nodes.load_custom_node(str(pack_dir))):
         raise RuntimeError(f"ComfyUI failed to load {pack_dir}")
+# The core mask nodes the two-concepts template uses (built-in extras are not loaded in-process otherwise).
+if not asyncio.run(nodes.load_custom_node(str(COMFY_DIR / "comfy_extras" / "nodes_mask.py"), module_parent="comfy_extras")):
+    raise RuntimeError("ComfyUI failed to load comfy_extras/nodes_mask.py")
 
 test_pack = sys.modules[str(TEST_PACK_LINK).replace(".", "_x_")]
 sys.modules["elite_test_pack"] = test_pack
@@ -86,6 +89,11 @@ CONCEPT_IMAGE = "elite_concept.png"
 from elite_test_pack.workflows import write_concept_image, write_concept_photos  # noqa: E402
 
 write_concept_image(str(BASE_DIR / "input" / CONCEPT_IMAGE))
+# The LoRA the LoRA template names: an empty LoRA (no layers), so the template runs on the tiny models.
+(BASE_DIR / "models" / "loras").mkdir(parents=True, exist_ok=True)
+from safetensors.torch import save_file as _save_file  # noqa: E402
+
+_save_file({}, str(BASE_DIR / "models" / "loras" / "elite_example_lora.safetensors"))
 write_concept_photos(str(BASE_DIR / "input"))
 
 

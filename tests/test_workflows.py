@@ -15,11 +15,16 @@ from conftest import BASE_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
 from elite_test_pack.workflows import save_node_id, ui_to_api, with_tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = ["elite_global", "elite_global_local", "catversion_teddybear", "catversion_train_then_apply"]
+EXAMPLES = ["elite_global", "elite_global_local", "elite_prepare_from_photo", "elite_saved_concept", "elite_two_concepts",
+            "elite_with_lora", "catversion_teddybear", "catversion_train_then_apply"]
 # The node types each example shows off.
 ELITE_NODES = {"ELITEGlobalMapperLoader", "ELITEEncoder", "ELITEConditioning", "ELITELocalAttnPatch"}
 EXAMPLE_NODES = {
     "elite_global": ELITE_NODES, "elite_global_local": ELITE_NODES,
+    "elite_prepare_from_photo": ELITE_NODES | {"ELITEPrepareConcept", "ELITEAttentionMap", "ELITEExampleConcept"},
+    "elite_saved_concept": ELITE_NODES | {"ELITESaveConcept", "ELITELoadConcept"},
+    "elite_two_concepts": ELITE_NODES | {"MaskComposite", "InvertMask"},
+    "elite_with_lora": ELITE_NODES | {"LoraLoaderModelOnly"},
     "catversion_teddybear": {"CatVersionLoader", "CatVersionApply"},
     "catversion_train_then_apply": {"CatVersionTrain", "CatVersionApply"},
 }
@@ -76,7 +81,16 @@ def test_example_is_ui_format_with_known_nodes(name):
     assert {"nodes", "links", "version"} <= workflow.keys()
     types = {node["type"] for node in workflow["nodes"]}
     assert EXAMPLE_NODES[name] <= types
-    assert all(t in nodes.NODE_CLASS_MAPPINGS for t in types)
+    assert all(t in nodes.NODE_CLASS_MAPPINGS for t in types - {"Note"})
+    for node in workflow["nodes"]:  # what the frontend and the Manager read to fetch models and packs
+        if node["type"] != "Note":
+            assert node["properties"]["cnr_id"] in ("elite-personalize", "comfy-core"), node["type"]
+        if node["type"] in ("CheckpointLoaderSimple", "CLIPVisionLoader", "ELITEGlobalMapperLoader",
+                            "ELITELocalMapperLoader"):
+            (model,) = node["properties"]["models"]
+            assert model["name"] == node["widgets_values"][0] and model["url"].startswith("https://huggingface.co/")
+    if name.startswith("elite_"):
+        assert "Note" in types  # says what to change first
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -121,3 +135,28 @@ def test_workflow_errors_reach_the_user(bad_prompt, message):
     error = execution_error(prompt)
     assert message in error["exception_message"]
     assert error["node_type"] == "ELITEConditioning"
+
+
+def test_the_saved_concept_templates_second_row_reuses_the_concept_without_encoding(monkeypatch):
+    """Run the template as shipped (it encodes and saves), then unmute its second row and run that
+    row alone: the concept comes from the file, the encoder never runs."""
+    from comfyui_elite.elite_core import comfy_adapter
+
+    executor = run_prompt(tiny_prompt("elite_saved_concept"))
+    assert executor.success
+    (saved,) = executor.history_result["outputs"]["14"]["text"]
+    name = saved.split()[1].rstrip(";")
+    workflow = json.loads((REPO / "example_workflows" / "elite_saved_concept.json").read_text())
+    for node in workflow["nodes"]:
+        node["mode"] = 0
+    prompt = with_tiny_models(ui_to_api(workflow, nodes.NODE_CLASS_MAPPINGS), TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER)
+    prompt = {key: node for key, node in prompt.items() if key not in ("12", "14")}  # the first row's outputs
+    prompt["15"]["inputs"]["concept_name"] = name
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the concept was encoded again")
+
+    monkeypatch.setattr(comfy_adapter, "encode_concept", no_encoding)
+    executor = run_prompt(prompt)
+    assert executor.success, [m for m in executor.status_messages if m[0] == "execution_error"]
+    assert executor.history_result["outputs"]["20"]["images"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+FRONTEND_ONLY = {"Note", "MarkdownNote"}  # notes live in the graph, never in the prompt
 
 # Real loaders and the tiny random stand-ins of this test pack (same output order).
 TINY_LOADERS = {
@@ -30,7 +31,7 @@ def ui_to_api(workflow: dict, node_classes: dict) -> dict:
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) != 0:
+        if node.get("mode", 0) != 0 or node["type"] in FRONTEND_ONLY:
             continue
         inputs = {}
         linked = set()
