@@ -57,3 +57,17 @@ def test_training_code_stays_out_of_what_comfyui_imports():
     requirements = (REPO / "requirements.txt").read_text()
     assert "accelerate" not in requirements
     assert re.search(r"^accelerate\b", (REPO / "requirements-train.txt").read_text(), re.M)
+
+
+def test_registry_issues_url_publish_workflow_and_ignored_files():
+    from comfy_config.config_parser import extract_node_configuration
+
+    urls = extract_node_configuration(str(REPO)).project.urls
+    assert urls.issues.startswith("https://") and urls.issues.endswith("/issues")
+    ignored = {line.strip() for line in (REPO / ".comfyignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {"tests/", "bench/", ".cache/"} <= ignored
+    shipped = {"nodes/", "elite_core/", "assets/", "example_workflows/", "__init__.py"}
+    assert not ignored & shipped  # what the nodes and templates need is packaged
+    workflow = (REPO / ".github" / "workflows" / "publish.yml").read_text()
+    assert "Comfy-Org/publish-node-action" in workflow and "REGISTRY_ACCESS_TOKEN" in workflow
