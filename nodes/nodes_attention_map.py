@@ -9,7 +9,7 @@ from comfy_api.latest import io, ui
 
 from ..elite_core import comfy_adapter
 from ..elite_core.attention_maps import overlay
-from .elite_types import CATEGORY
+from .elite_types import CATEGORY, schema
 
 log = logging.getLogger("elite")
 
@@ -40,7 +40,8 @@ def attention_mask(model, samples: dict, images: torch.Tensor | None) -> tuple[t
 class ELITEAttentionMap(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["elite", "attention heatmap", "where the concept goes"],
             node_id="ELITEAttentionMap",
             display_name="ELITE Attention Map",
             category=CATEGORY,

@@ -3,13 +3,14 @@
 from comfy_api.latest import io
 
 from ..elite_core import comfy_adapter
-from .elite_types import CATEGORY, ConceptType
+from .elite_types import CATEGORY, ConceptType, advanced, schema
 
 
 class ELITELocalAttnPatch(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["elite", "local attention", "concept detail", "personalize"],
             node_id="ELITELocalAttnPatch",
             display_name="ELITE Attention Patch",
             category=CATEGORY,
@@ -30,11 +31,11 @@ class ELITELocalAttnPatch(io.ComfyNode):
                     "strength", display_name="λ (local strength)", default=0.8, min=0.0, max=2.0, step=0.05,
                     tooltip="Weight of the local branch. 0.8 is the reference default, 0.6 its demo's; 0 disables it.",
                 ),
-                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("start_percent", default=0.0, **advanced(), min=0.0, max=1.0, step=0.01,
                                tooltip="Fraction of the schedule where the local branch starts."),
-                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("end_percent", default=1.0, **advanced(), min=0.0, max=1.0, step=0.01,
                                tooltip="Fraction of the schedule where the local branch stops."),
-                io.Boolean.Input("global_kv", default=True,
+                io.Boolean.Input("global_kv", default=True, **advanced(),
                                  tooltip="Use ELITE's fine-tuned cross-attention K/V weights (the reference always does)."),
                 io.Mask.Input("region", optional=True,
                               tooltip="Where the local branch adds the concept's detail (1 = yes, any size; it is "

@@ -5,13 +5,14 @@ from comfy_api.latest import io, ui
 
 from ..elite_core import comfy_concepts
 from ..elite_core.input_checks import ELITEInputError
-from .elite_types import CATEGORY, ConceptType, GlobalMapperType, LocalMapperType
+from .elite_types import CATEGORY, ConceptType, GlobalMapperType, LocalMapperType, schema
 
 
 class ELITESaveConcept(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["elite", "save embedding", "export textual inversion"],
             node_id="ELITESaveConcept",
             display_name="ELITE Save Concept",
             category=CATEGORY,

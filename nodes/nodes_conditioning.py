@@ -3,7 +3,7 @@
 from comfy_api.latest import io
 
 from ..elite_core import comfy_adapter
-from .elite_types import CATEGORY, ConceptType
+from .elite_types import CATEGORY, ConceptType, advanced, schema
 
 WORD_MODES = ("primary word", "all five words")
 
@@ -18,7 +18,8 @@ def _unknown_words_mode(words) -> str | None:
 class ELITEConditioning(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["elite", "concept prompt", "placeholder", "personalize"],
             node_id="ELITEConditioning",
             display_name="ELITE Conditioning",
             category=CATEGORY,
@@ -47,7 +48,7 @@ class ELITEConditioning(io.ComfyNode):
                 ),
                 ConceptType.Input("concept_2", optional=True,
                                   tooltip="A second concept in the same prompt, at its own placeholder."),
-                io.String.Input("placeholder_2", default="T", optional=True,
+                io.String.Input("placeholder_2", default="T", optional=True, **advanced(),
                                 tooltip="The second concept's placeholder word (not the first's)."),
             ],
             outputs=[io.Conditioning.Output()],

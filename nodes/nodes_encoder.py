@@ -3,13 +3,14 @@
 from comfy_api.latest import io
 
 from ..elite_core import comfy_adapter
-from .elite_types import CATEGORY, ConceptType, GlobalMapperType, LocalMapperType
+from .elite_types import CATEGORY, ConceptType, GlobalMapperType, LocalMapperType, advanced, schema
 
 
 class ELITEEncoder(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["elite", "encode concept", "image to word", "personalize", "subject"],
             node_id="ELITEEncoder",
             display_name="ELITE Encoder",
             category=CATEGORY,
@@ -29,7 +30,7 @@ class ELITEEncoder(io.ComfyNode):
                     tooltip="Object mask, 1 on the object (used by the local mapping). Without a mask the whole image is the object.",
                 ),
                 io.Boolean.Input(
-                    "invert_mask", default=False,
+                    "invert_mask", default=False, **advanced(),
                     tooltip="Turn on for a MASK from Load Image, which is 1 on transparent (background) pixels.",
                 ),
             ],

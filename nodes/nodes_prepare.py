@@ -4,13 +4,14 @@ the encoder sees."""
 from comfy_api.latest import io, ui
 
 from ..elite_core import concept_prep
-from .elite_types import CATEGORY
+from .elite_types import CATEGORY, advanced, schema
 
 
 class ELITEPrepareConcept(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["elite", "crop object", "prepare concept image"],
             node_id="ELITEPrepareConcept",
             display_name="ELITE Prepare Concept",
             category=CATEGORY,
@@ -31,7 +32,7 @@ class ELITEPrepareConcept(io.ComfyNode):
                                tooltip="squash: leave the crop as it is; the encoder squashes it to a square as "
                                        "the reference does. pad: pad the crop to a square with black, keeping "
                                        "the object's proportions."),
-                io.Combo.Input("mask_polarity", options=list(concept_prep.POLARITIES), default="auto",
+                io.Combo.Input("mask_polarity", options=list(concept_prep.POLARITIES), default="auto", **advanced(),
                                tooltip="auto: the side of the mask that covers most of the photo's border is "
                                        "the background (works for Load Image's alpha and painted masks)."),
             ],

@@ -71,3 +71,22 @@ def test_registry_issues_url_publish_workflow_and_ignored_files():
     assert not ignored & shipped  # what the nodes and templates need is packaged
     workflow = (REPO / ".github" / "workflows" / "publish.yml").read_text()
     assert "Comfy-Org/publish-node-action" in workflow and "REGISTRY_ACCESS_TOKEN" in workflow
+
+
+def test_search_aliases_and_advanced_inputs_where_comfyui_supports_them():
+    """Newer ComfyUI (0.33.0) gets search aliases and advanced widgets; 0.3.75 loads the same nodes
+    without them (the helpers check the running ComfyUI's API)."""
+    import inspect
+
+    from comfy_api.latest import io
+
+    from comfyui_elite.nodes.nodes_attn_patch import ELITELocalAttnPatch
+    from comfyui_elite.nodes.nodes_encoder import ELITEEncoder
+
+    schema = ELITEEncoder.define_schema()
+    if "search_aliases" in inspect.signature(io.Schema).parameters:
+        assert "personalize" in schema.search_aliases
+    patch = {i.id: i for i in ELITELocalAttnPatch.define_schema().inputs}
+    if "advanced" in inspect.signature(io.Float.Input).parameters:
+        assert patch["start_percent"].advanced and patch["global_kv"].advanced
+        assert not patch["strength"].advanced
