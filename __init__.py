@@ -6,6 +6,8 @@ from .elite_core import comfy_catversion, comfy_concepts
 from .elite_core.comfy_adapter import register_model_folder
 from .nodes import ELITE_NODES
 
+WEB_DIRECTORY = "./web"  # web/docs/<node id>.md: the frontend's help page of each node
+
 register_model_folder()
 comfy_catversion.register_model_folder()
 comfy_concepts.register_concept_folder()

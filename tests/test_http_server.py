@@ -64,6 +64,18 @@ def test_nodes_and_templates_are_published(server):
     assert sorted(templates.get("comfyui-elite")) == sorted(EXAMPLES)
 
 
+def test_every_node_has_a_help_page_the_server_serves(server):
+    """The frontend shows web/docs/<node id>.md as the node's help page."""
+    from comfyui_elite.nodes import ELITE_NODES
+
+    url, _ = server
+    for node in ELITE_NODES:
+        node_id = node.define_schema().node_id
+        page = requests.get(f"{url}/extensions/comfyui-elite/docs/{node_id}.md", timeout=10)
+        assert page.status_code == 200, node_id
+        assert page.text.startswith("# ") and len(page.text) > 150, node_id
+
+
 def test_workflow_over_http_produces_an_image(server):
     url, _ = server
     prompt = with_tiny_models(json.loads(API_TWIN.read_text()), TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER)
