@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "concepts")
-EXAMPLES = {"cat": "cat", "dog": "dog", "teddy bear": "teddy_bear"}
+EXAMPLES = {"cat": "cat", "dog": "dog", "flower": "flower"}
 
 
 def load_example(name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -208,7 +208,7 @@ def two_concepts_workflow() -> list[dict]:
         dict(id=18, type="MaskComposite", pos=[1160, 740], title="Left half",
              inputs=[("destination", 16, 0), ("source", 17, 0)], widgets=[0, 0, "add"]),
         dict(id=19, type="InvertMask", pos=[1160, 940], title="Right half", inputs=[("mask", 18, 0)]),
-        dict(id=20, type="ELITELocalAttnPatch", pos=[1340, 300], title="ELITE Attention Patch (T: right)",
+        dict(id=20, type="ELITELocalAttnPatch", pos=[1340, 400], title="ELITE Attention Patch (T: right)",
              inputs=[("model", 8, 0), ("concept", 15, 0), ("positive", 6, 0), ("region", 19, 0)],
              widgets=[0.6, 0.0, 1.0, True, False]),
     ]

@@ -1,6 +1,7 @@
 // Load UI-format workflows into the real ComfyUI frontend (headless Chromium) and report, per file,
 // the API-format prompt the frontend itself builds from it and any browser error raised meanwhile.
 // Usage: node load_workflows.js <server url> <chromium path> <workflow.json>...   (JSON report on stdout)
+// With SCREENSHOT_DIR set, each loaded graph is also fitted to the view and saved as <name>.png there.
 const fs = require('fs');
 const path = require('path');
 const { chromium } = require('playwright-core');
@@ -35,7 +36,20 @@ async function main() {
       await page.evaluate(async (w) => { await window.app.loadGraphData(w); }, workflow);
       await page.waitForTimeout(1000);
       const output = await page.evaluate(async () => (await window.app.graphToPrompt()).output);
-      report[path.basename(file, '.json')] = { output, errors };
+      const name = path.basename(file, '.json');
+      report[name] = { output, errors };
+      if (process.env.SCREENSHOT_DIR) {
+        // dialogs over the graph: the first-run templates browser, the missing-models list
+        await page.evaluate(() => document.querySelectorAll('.p-dialog-mask').forEach((e) => e.remove()));
+        await page.setViewportSize({ width: 2600, height: 1400 });
+        await page.evaluate(async () => {  // full detail at any zoom, then fit the view to the graph
+          const manager = window.app.extensionManager;
+          if (manager && manager.setting) await manager.setting.set('LiteGraph.Canvas.MinFontSizeForLOD', 1);
+          if (manager && manager.command) await manager.command.execute('Comfy.Canvas.FitView');
+        });
+        await page.waitForTimeout(800);
+        await page.screenshot({ path: path.join(process.env.SCREENSHOT_DIR, `${name}.png`) });
+      }
     }
     process.stdout.write(JSON.stringify(report));
   } finally {
