@@ -91,6 +91,8 @@ def test_example_is_ui_format_with_known_nodes(name):
             assert model["name"] == node["widgets_values"][0] and model["url"].startswith("https://huggingface.co/")
     if name.startswith("elite_"):
         assert "Note" in types  # says what to change first
+    with Image.open(REPO / "example_workflows" / f"{name}.jpg") as thumbnail:  # the template browser's picture
+        assert thumbnail.format == "JPEG" and thumbnail.width <= 640
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
