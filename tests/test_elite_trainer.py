@@ -241,3 +241,10 @@ def test_local_stage_trains_from_the_global_mapper_and_runs_in_comfyui(tmp_path,
 
     with pytest.raises(Exception, match="global"):
         ELITELocalMapperLoader.execute("trained_g.safetensors")
+
+
+def test_bf16_mixed_precision_trains_and_saves_fp32_mappers(tmp_path, base_model, data):
+    out = launch(tmp_path, base_model, data, "bf16", "--steps", "2", "--batch-size", "1", "--mixed-precision", "bf16")
+    assert all(np.isfinite(losses(out)))
+    mapper = load_file(str(out / "global_mapper.safetensors"))
+    assert {t.dtype for t in mapper.values()} == {torch.float32}
