@@ -13,19 +13,7 @@ from comfyui_elite.elite_core import attn2_patches, comfy_adapter
 from comfyui_elite.elite_core.attention_maps import AttentionRecorder, layer_grid
 from comfyui_elite.nodes.nodes_attention_map import ELITEAttentionMap
 from elite_fixtures import cfg_batch, unet_eps
-
-PROMPT = "a photo of S on the beach"
-
-
-@pytest.fixture(scope="module")
-def elite(tiny_clip, tiny_clip_vision, global_mapper, local_mapper, concept_image):
-    mask = torch.zeros(1, 96, 128)
-    mask[:, 16:80, 24:104] = 1.0
-    concept = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, mask)
-    positive, injection = comfy_adapter.concept_conditioning(tiny_clip, concept, PROMPT, "S", all_words=False)
-    negative = tiny_clip.encode_from_tokens_scheduled(tiny_clip.tokenize(""))[0][0]
-    return {"concept": concept, "positive": positive, "pos": positive[0][0], "neg": negative, "index": injection.index}
-
+from test_local_attention import elite  # noqa: F401  (the encoded concept and its prompts, a fixture)
 
 def restated_map(calls, index, latent):
     """Per call: heads split, softmax over the text tokens of q.k / sqrt(d), the column of S, divided
@@ -110,3 +98,25 @@ def test_layer_grids_follow_the_unet_levels():
     assert layer_grid(13 * 9, 25, 17) == (13, 9)  # odd sizes round up at each level
     recorder = AttentionRecorder()
     assert recorder.mean() is None
+
+
+def test_moving_the_placeholder_in_the_context_moves_nothing_spatially(tiny_model, elite):
+    """The map follows the placeholder's token wherever it sits: with S's context vector swapped
+    with another token's (attention has no notion of key order), the map is the same."""
+    patched = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], 0.8, record_attention=True)
+    recorder = comfy_adapter.attention_recorder(patched)
+    x, context = cfg_batch(elite["pos"], elite["neg"], [1, 0], 1)
+    unet_eps(patched, x, context, [1, 0], sigma=5.0)
+    before = recorder.mean().clone()
+    moved = context.clone()
+    s, other = elite["index"], elite["index"] + 6
+    moved[1, [s, other]] = context[1, [other, s]]  # row 1: the positive chunk of [uncond, cond]
+    recorder.reset()
+    unet_eps(patched, x, moved, [1, 0], sigma=5.0)
+    torch.testing.assert_close(recorder.mean(), before, rtol=1e-5, atol=1e-6)
+    # a control: changing another token's vector does change the map (the softmax sees every token)
+    changed = context.clone()
+    changed[1, other] = context[1, other] + torch.randn(context.shape[-1], generator=torch.Generator().manual_seed(2))
+    recorder.reset()
+    unet_eps(patched, x, changed, [1, 0], sigma=5.0)
+    assert not torch.allclose(recorder.mean(), before, atol=1e-4)
