@@ -89,10 +89,15 @@ def prepare_base(base: Path, models: Path, real: dict | None, image: Path | None
         )
 
 
-def build_prompt(real: dict | None, steps: int | None) -> dict:
-    """The API twin of an example workflow, pointed at the weights found (or the random ones)."""
+def build_prompt(real: dict | None, steps: int | None, own_image: bool = False) -> dict:
+    """The API twin of an example workflow, pointed at the weights found (or the random ones). The
+    concept is the workflow's example cat, or with ``own_image`` input/elite_concept.png through
+    Load Image (its MASK, the alpha, is 1 on the background: the encoder inverts it)."""
     workflow = "elite_global" if real is not None and "local" not in real else "elite_global_local"
     prompt = json.loads((REPO / "tests" / "api_workflows" / f"{workflow}.json").read_text())
+    if own_image:
+        prompt["4"] = {"class_type": "LoadImage", "inputs": {"image": "elite_concept.png"}}
+        prompt["5"]["inputs"]["invert_mask"] = True
     if real is None:
         return with_tiny_models(prompt, RANDOM_GLOBAL, RANDOM_LOCAL)
     prompt["1"]["inputs"]["ckpt_name"] = real["checkpoints"]
@@ -119,7 +124,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comfyui", default=os.environ.get("ELITE_COMFYUI_DIR", str(REPO / ".cache" / "comfyui")))
     parser.add_argument("--models", default=os.environ.get("ELITE_DEMO_MODELS", str(REPO / "demo_models")))
-    parser.add_argument("--image", help="concept image (object centred); default: a generated red ball")
+    parser.add_argument("--image", help="your concept image (object centred, cut-out PNG); default: the example cat")
     parser.add_argument("--steps", type=int, help="sampling steps with real weights (workflow: 50)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
     args = parser.parse_args(argv)
@@ -137,7 +142,7 @@ def main(argv=None) -> int:
     else:
         log.warning(RANDOM_BANNER.format(models=str(models) + "/"))
     try:
-        image = run_demo(Path(args.comfyui), base, build_prompt(real, args.steps), bool(real), cpu)
+        image = run_demo(Path(args.comfyui), base, build_prompt(real, args.steps, bool(args.image)), bool(real), cpu)
     except RuntimeError as exc:
         log.error("%s", exc)
         return 1

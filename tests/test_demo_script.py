@@ -45,6 +45,10 @@ def test_real_weights_global_and_local(demo, tmp_path):
     assert prompt["13"]["inputs"]["mapper_name"] == "local_mapper.pt"
     assert prompt["10"]["inputs"]["steps"] == 20
     assert "ELITETestTinySD15Loader" not in {node["class_type"] for node in prompt.values()}
+    assert prompt["4"]["class_type"] == "ELITEExampleConcept"  # the shipped example, no file to place
+    own = demo.build_prompt(real, steps=20, own_image=True)
+    assert own["4"] == {"class_type": "LoadImage", "inputs": {"image": "elite_concept.png"}}
+    assert own["5"]["inputs"]["invert_mask"] is True  # Load Image's MASK is 1 on the background
 
 
 def test_real_weights_without_local_mapper_use_the_global_workflow(demo, tmp_path):
