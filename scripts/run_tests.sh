@@ -7,19 +7,20 @@ CACHE=${ELITE_CACHE:-$PWD/.cache}
 SHARED=${ELITE_SHARED:-$PWD/../shared}
 status=0
 
-run_suite() {  # run_suite VERSION VENV COMFY_DIR [pytest args...]
-  local version=$1 venv=$2 comfy=$3
-  shift 3
+run_suite() {  # run_suite VERSION VENV COMFY_DIR INDEPENDENT [pytest args...]
+  local version=$1 venv=$2 comfy=$3 independent=$4
+  shift 4
   echo "=== tests on ComfyUI $version ($comfy) ==="
-  if ! ELITE_COMFYUI_DIR=$comfy "$venv/bin/python" -m pytest -q "$@"; then
+  if ! ELITE_COMFYUI_DIR=$comfy ELITE_COMFYUI_INDEPENDENT=$independent "$venv/bin/python" -m pytest -q "$@"; then
     echo "=== FAILED on ComfyUI $version ==="
     status=1
   fi
 }
 
-run_suite 0.3.75 "$CACHE/venv" "$CACHE/comfyui" "$@"
+run_suite 0.3.75 "$CACHE/venv" "$CACHE/comfyui" run "$@"
 if [ -f "$SHARED/comfyui/comfyui-0.33.0.tar.xz" ]; then
-  run_suite 0.33.0 "$CACHE/venv-0.33.0" "$CACHE/comfyui-0.33.0" "$@"
+  # the tests marked comfyui_independent (trainers, no ComfyUI code) already ran above
+  run_suite 0.33.0 "$CACHE/venv-0.33.0" "$CACHE/comfyui-0.33.0" skip "$@"
 else
   echo "=== no $SHARED/comfyui: ComfyUI 0.33.0 not tested ==="
 fi

@@ -105,6 +105,18 @@ def comfyui_version() -> str:
     return __version__
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``comfyui_independent`` (the command-line trainers and their maths, which never
+    import ComfyUI's code) run on the first ComfyUI only: scripts/run_tests.sh sets
+    ELITE_COMFYUI_INDEPENDENT=skip for the second."""
+    if os.environ.get("ELITE_COMFYUI_INDEPENDENT") != "skip":
+        return
+    skip = pytest.mark.skip(reason="independent of ComfyUI: run with the first ComfyUI of scripts/run_tests.sh")
+    for item in items:
+        if item.get_closest_marker("comfyui_independent"):
+            item.add_marker(skip)
+
+
 def pytest_report_header(config):
     return f"ComfyUI {comfyui_version()} at {COMFY_DIR}"
 

@@ -24,6 +24,8 @@ from elite_test_pack.tiny_models import (
 )
 from test_elite_training import build_training_models
 
+pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyUI code
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from elite_training.base_models import SD15_CONFIG, load_models  # noqa: E402

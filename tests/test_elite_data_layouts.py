@@ -17,6 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
+pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyUI code
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from elite_training.elite_data import DataError, sample_generator  # noqa: E402

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +22,8 @@ from test_elite_training import (  # noqa: F401  (fixtures)
 
 from comfyui_elite.elite_core.elite_objectives import GlobalStage, LocalStage, new_global_mapper, new_local_mapper
 from comfyui_elite.elite_core.taming_objectives import IdentityLoss
+
+pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyUI code
 
 
 def reference_identity(models, batch, eps, max_timestep, weight):

@@ -22,6 +22,8 @@ from safetensors.torch import load_file
 from conftest import BASE_DIR, COMFY_DIR, ELITE_MODELS
 from test_elite_training import build_training_models
 
+pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyUI code
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from elite_training.elite_data import (  # noqa: E402

@@ -21,6 +21,8 @@ from comfyui_elite.elite_core.sites import SD1_ATTN2_SITES
 from elite_test_pack.tiny_models import TINY_VISION_WIDTH, seeded_init_, tiny_clip_vision_config
 from test_diffusers_twin import tiny_diffusers_unet
 
+pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyUI code
+
 transformers = pytest.importorskip("transformers")
 diffusers = pytest.importorskip("diffusers")
 

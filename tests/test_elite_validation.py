@@ -19,6 +19,8 @@ from conftest import COMFY_DIR
 from elite_test_pack.tiny_models import TINY_VISION_WIDTH
 from test_elite_training import ReferenceLocalAttention, build_training_models, reference_context
 
+pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyUI code
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from elite_core.elite_objectives import (  # noqa: E402
