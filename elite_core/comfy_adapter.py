@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -68,6 +69,16 @@ def missing_file_message(folder: str, name, what: str, put: str) -> str | None:
         f"{what} {name!r} was not found. Searched: {', '.join(folders) or '(no folders)'}. "
         f"Files there: {', '.join(seen) if seen else 'none'}. Put {put} into models/{folder}/ and pick it in the loader."
     )
+
+
+def next_numbered_path(folder: str, name: str, suffix: str = "") -> str:
+    """``models/<folder>/<name>_<00001><suffix>.safetensors`` with the first free counter (a file
+    of that name with any suffix takes its number): a save never overwrites."""
+    path = folder_paths.get_folder_paths(folder)[0]
+    os.makedirs(path, exist_ok=True)
+    taken = re.compile(rf"^{re.escape(name)}_(\d{{5}})(?:_.*)?\.safetensors$")
+    counters = [int(m.group(1)) for f in os.listdir(path) for m in [taken.match(f)] if m]
+    return os.path.join(path, f"{name}_{max(counters, default=0) + 1:05d}{suffix}.safetensors")
 
 
 def mapper_file_names() -> list[str]:

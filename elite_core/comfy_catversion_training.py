@@ -23,7 +23,6 @@ import torch
 
 import comfy.model_management
 import comfy.utils
-import folder_paths
 
 from . import checkpoint
 from .catversion import NUM_TEXT_LAYERS, PREFIX_LOGIT_BIAS, CatVersionPrefix, save_catversion_safetensors
@@ -35,6 +34,7 @@ from .comfy_catversion import (
     text_layer_key,
     unwrapped_self_attention,
 )
+from .comfy_adapter import next_numbered_path
 from .comfy_unet_patch import model_sd1_width
 from .input_checks import ELITEInputError, check_image
 
@@ -239,12 +239,7 @@ def check_filename_prefix(filename_prefix: str) -> str:
 
 def next_adapter_path(filename_prefix: str, suffix: str = "") -> str:
     """``models/catversion/<prefix>_<00001>.safetensors`` with the first free counter: never overwrites."""
-    name = check_filename_prefix(filename_prefix)
-    folder = folder_paths.get_folder_paths(MODEL_FOLDER)[0]
-    os.makedirs(folder, exist_ok=True)
-    taken = re.compile(rf"^{re.escape(name)}_(\d{{5}})(?:_.*)?\.safetensors$")
-    counters = [int(m.group(1)) for f in os.listdir(folder) for m in [taken.match(f)] if m]
-    return os.path.join(folder, f"{name}_{max(counters, default=0) + 1:05d}{suffix}.safetensors")
+    return next_numbered_path(MODEL_FOLDER, check_filename_prefix(filename_prefix), suffix)
 
 
 def save_trained_adapter(prefix: CatVersionPrefix, filename_prefix: str, recipe: CatVersionRecipe, steps_done: int,

@@ -17,7 +17,7 @@ import folder_paths
 
 from . import checkpoint
 from .clip_input import image_to_uint8
-from .comfy_adapter import LoadedMapper, missing_file_message, register_folder
+from .comfy_adapter import LoadedMapper, missing_file_message, next_numbered_path, register_folder
 from .concept import ELITEConcept, LocalBranch
 from .concept_store import ConceptFileError, kv_fingerprint, read_concept, write_concept
 from .input_checks import ELITEInputError
@@ -38,14 +38,6 @@ def concept_file_names() -> list[str]:
     return folder_paths.get_filename_list(CONCEPT_FOLDER)
 
 
-def _next_free(folder: str, name: str) -> str:
-    """``<folder>/<name>_<00001>.safetensors`` with the first free counter: never overwrites."""
-    os.makedirs(folder, exist_ok=True)
-    taken = re.compile(rf"^{re.escape(name)}_(\d{{5}})\.safetensors$")
-    counters = [int(m.group(1)) for f in os.listdir(folder) for m in [taken.match(f)] if m]
-    return os.path.join(folder, f"{name}_{max(counters, default=0) + 1:05d}.safetensors")
-
-
 def _preview(image: torch.Tensor | None) -> torch.Tensor | None:
     if image is None:
         return None
@@ -62,7 +54,7 @@ def save_concept(concept: ELITEConcept, filename_prefix: str, image: torch.Tenso
     if not _SAFE_NAME.match(name) or ".." in name:
         raise ELITEInputError(f"The concept name {filename_prefix!r} cannot be a file name: use letters, digits, '.', "
                               "'_' and '-' (no spaces, no folders), e.g. 'my_cat'.")
-    path = _next_free(folder_paths.get_folder_paths(CONCEPT_FOLDER)[0], name)
+    path = next_numbered_path(CONCEPT_FOLDER, name)
     metadata = {"global_mapper": concept.global_name, "global_fingerprint": kv_fingerprint(concept.global_kv)}
     tokens = None
     if concept.local is not None:
