@@ -19,7 +19,7 @@ import torch
 from torchvision.ops import masks_to_boxes
 from torchvision.transforms.v2 import functional as TF
 
-from .clip_input import PATCH_GRID, mask_patch_grid, squash_uint8
+from .clip_input import PATCH_GRID, mask_patch_grid, prepare_object_mask, squash_uint8
 
 FITS = ("squash", "pad")
 POLARITIES = ("auto", "white is the object", "white is the background")
@@ -31,20 +31,13 @@ class PrepareError(ValueError):
 
 def object_mask(mask: torch.Tensor | None, image: torch.Tensor, polarity: str = "auto") -> torch.Tensor:
     """(B, H, W) in {0, 1}, 1 on the object, for IMAGE (B, H, W, C); no mask = the whole image."""
-    batch, height, width = image.shape[:3]
-    if mask is None:
-        return torch.ones(batch, height, width)
-    mask = mask.detach().float().cpu()
-    mask = mask.unsqueeze(0) if mask.dim() == 2 else mask
-    if mask.dim() != 3 or mask.shape[0] not in (1, batch):
-        raise PrepareError(f"The MASK has shape {tuple(mask.shape)}; expected (1 or {batch}, height, width).")
-    if mask.shape[1:] != (height, width):
-        mask = torch.nn.functional.interpolate(mask[:, None], size=(height, width), mode="bilinear")[:, 0]
-    binary = (mask > 0.5).float().expand(batch, height, width).clone()
     if polarity not in POLARITIES:
         raise PrepareError(f"mask_polarity must be one of {POLARITIES}, got {polarity!r}.")
-    if polarity == "white is the background" or (polarity == "auto" and _border_mean(binary) > 0.5
-                                                 and bool((binary < 1).any())):
+    try:
+        binary = prepare_object_mask(mask, image, invert=polarity == "white is the background")
+    except ValueError as exc:
+        raise PrepareError(str(exc)) from None
+    if polarity == "auto" and _border_mean(binary) > 0.5 and bool((binary < 1).any()):
         binary = 1.0 - binary  # (auto keeps a mask that covers the whole photo)
     return binary
 
