@@ -58,6 +58,7 @@ SIZES = {
 }
 
 CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"  # the core templates' SD1.5 file name
+LCM_LORA = "lcm-lora-sdv1-5.safetensors"  # the LoRA template's example: SD1.5's LCM LoRA
 # What the frontend offers to download when a file is missing (properties.models of the loader nodes).
 MODELS = {
     CHECKPOINT: ("https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
@@ -66,6 +67,8 @@ MODELS = {
                                            "model.safetensors", "clip_vision"),
     "global_mapper.pt": ("https://huggingface.co/ELITE-library/ELITE/resolve/main/checkpoints/global_mapper.pt", "elite"),
     "local_mapper.pt": ("https://huggingface.co/ELITE-library/ELITE/resolve/main/checkpoints/local_mapper.pt", "elite"),
+    LCM_LORA: ("https://huggingface.co/latent-consistency/lcm-lora-sdv1-5/resolve/main/pytorch_lora_weights.safetensors",
+               "loras"),
 }
 PACK_ID = "elite-personalize"  # the Comfy Registry id (pyproject.toml [project] name)
 CORE_VERSION = "0.3.75"
@@ -218,14 +221,18 @@ def two_concepts_workflow() -> list[dict]:
 
 
 def lora_workflow() -> list[dict]:
-    """ELITE with a LoRA on top: the LoRA after the ELITE patch."""
+    """ELITE with a LoRA on top, the LoRA after the ELITE patch. The example LoRA is SD1.5's LCM LoRA
+    (a file the frontend can offer to download), sampled as its authors advise: the lcm sampler,
+    8 steps, low CFG."""
     nodes = [n for n in local_workflow() if n["type"] != "Note"]
-    nodes.append(dict(id=14, type="LoraLoaderModelOnly", pos=[1340, 320], inputs=[("model", 8, 0)],
-                      widgets=["elite_example_lora.safetensors", 0.8]))
+    nodes.append(dict(id=14, type="LoraLoaderModelOnly", pos=[1340, 320], title="LoRA (here: LCM, 8 steps)",
+                      inputs=[("model", 8, 0)], widgets=[LCM_LORA, 1.0]))
     nodes[9]["inputs"] = [("model", 14, 0), ("positive", 6, 0), ("negative", 7, 0), ("latent_image", 9, 0)]
-    return nodes + [note(30, [40, 760], "Put any SD1.5 LoRA in models/loras and pick it in the LoRA loader, after "
-                         "ELITE Attention Patch (ELITE sets the cross-attention K/V weights; the LoRA's changes are "
-                         "added on top). Style LoRAs combine best.")]
+    nodes[9]["widgets"] = [42, "fixed", 8, 1.5, "lcm", "sgm_uniform", 1.0]
+    return nodes + [note(30, [40, 760], "Any SD1.5 LoRA goes in models/loras and in the LoRA loader, after ELITE "
+                         "Attention Patch (ELITE sets the cross-attention K/V weights; the LoRA's changes are added "
+                         "on top). This one is the LCM LoRA: 8 steps with the lcm sampler and CFG 1.5. With another "
+                         "LoRA, set the KSampler back to 50 steps, CFG 5, lms.")]
 
 
 def catversion_workflow() -> list[dict]:

@@ -93,7 +93,7 @@ write_concept_image(str(BASE_DIR / "input" / CONCEPT_IMAGE))
 (BASE_DIR / "models" / "loras").mkdir(parents=True, exist_ok=True)
 from safetensors.torch import save_file as _save_file  # noqa: E402
 
-_save_file({}, str(BASE_DIR / "models" / "loras" / "elite_example_lora.safetensors"))
+_save_file({}, str(BASE_DIR / "models" / "loras" / "lcm-lora-sdv1-5.safetensors"))
 write_concept_photos(str(BASE_DIR / "input"))
 
 
