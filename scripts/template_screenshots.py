@@ -1,11 +1,14 @@
 """Screenshots of the shipped templates in the real ComfyUI frontend (headless Chromium): README
 pictures in docs/templates/<name>.jpg and template thumbnails in example_workflows/<name>.jpg.
+With --run, the ELITE Prepare Concept template is also queued on tiny RANDOM demo weights and shot
+after its run, previews included: docs/templates/elite_prepare_from_photo_after_run.jpg.
 
-    .cache/venv/bin/python scripts/template_screenshots.py      (after `make test` installed the tools)
+    .cache/venv/bin/python scripts/template_screenshots.py [--run]   (after `make test` installed the tools)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -21,11 +24,58 @@ REPO = Path(__file__).resolve().parents[1]
 COMFY_DIR = Path(os.environ.get("ELITE_COMFYUI_DIR", REPO / ".cache" / "comfyui"))
 FRONTEND_MODULES = REPO / ".cache" / "frontend-check" / "node_modules"
 log = logging.getLogger("elite.screenshots")
+RUN_TEMPLATE = "elite_prepare_from_photo"
 
 
-def main() -> int:
+def _shoot(url: str, chromium: str, node: str, files: list[str], shots: Path, swaps: Path | None = None) -> dict | None:
+    env = {**os.environ, "NODE_PATH": str(FRONTEND_MODULES), "SCREENSHOT_DIR": str(shots)}
+    if swaps is not None:
+        env["QUEUE_PROMPTS"] = str(swaps)
+    done = subprocess.run([node, str(REPO / "tests" / "frontend" / "load_workflows.js"), url, chromium, *files],
+                          env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        log.error("%s", done.stderr[-4000:])
+        return None
+    return json.loads(done.stdout)
+
+
+def _save(shot: Path, pictures: list[tuple[Path, tuple[int, int]]]) -> None:
+    with Image.open(shot) as image:
+        picture = image.convert("RGB")
+    for path, size in pictures:
+        copy = picture.copy()
+        copy.thumbnail(size)
+        copy.save(path, quality=85)
+
+
+def _after_run(url: str, chromium: str, node: str, base: Path, pictures: Path) -> bool:
+    """The Prepare Concept template queued through the frontend on tiny random weights (the demo's),
+    then shot with its previews: the exact CLIP input, the token grid and the attention overlay."""
+    from comfy_test_pack.workflows import with_tiny_models
+    from demo import RANDOM_GLOBAL, RANDOM_LOCAL
+
+    twin = json.loads((REPO / "tests" / "api_workflows" / f"{RUN_TEMPLATE}.json").read_text())
+    prompt = with_tiny_models(twin, RANDOM_GLOBAL, RANDOM_LOCAL, size=128, steps=4)
+    swaps = base / "swaps.json"
+    swaps.write_text(json.dumps({RUN_TEMPLATE: prompt}))
+    shots = base / "shots-run"
+    shots.mkdir()
+    report = _shoot(url, chromium, node, [str(REPO / "example_workflows" / f"{RUN_TEMPLATE}.json")], shots, swaps)
+    if report is None:
+        return False
+    _save(shots / f"{RUN_TEMPLATE}.png", [(pictures / f"{RUN_TEMPLATE}_after_run.jpg", (1600, 900))])
+    log.info("%s after a run on RANDOM weights: docs/templates/%s_after_run.jpg", RUN_TEMPLATE, RUN_TEMPLATE)
+    return True
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", action="store_true",
+                        help=f"also shoot {RUN_TEMPLATE} after a run on tiny random demo weights")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO / "scripts"))
     from comfy_test_pack.comfy_server import running_server
 
     chromium, node = shutil.which("chromium"), shutil.which("node")
@@ -41,21 +91,21 @@ def main() -> int:
         (Path(base) / "custom_nodes").mkdir()
         (Path(base) / "custom_nodes" / "comfyui-elite").symlink_to(REPO)
         with running_server(COMFY_DIR, Path(base), Path(base) / "server.log", timeout=180) as url:
-            done = subprocess.run([node, str(REPO / "tests" / "frontend" / "load_workflows.js"), url, chromium, *files],
-                                  env={**os.environ, "NODE_PATH": str(FRONTEND_MODULES), "SCREENSHOT_DIR": str(shots)},
-                                  capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            log.error("%s", done.stderr[-4000:])
+            report = _shoot(url, chromium, node, files, shots)
+        if report is None:
             return 1
-        for name in json.loads(done.stdout):
-            with Image.open(shots / f"{name}.png") as shot:
-                picture = shot.convert("RGB")
-            for path, size in ((pictures / f"{name}.jpg", (1600, 900)), (REPO / "example_workflows" / f"{name}.jpg",
-                                                                       (640, 360))):
-                copy = picture.copy()
-                copy.thumbnail(size)
-                copy.save(path, quality=85)
+        for name in report:
+            _save(shots / f"{name}.png", [(pictures / f"{name}.jpg", (1600, 900)),
+                                          (REPO / "example_workflows" / f"{name}.jpg", (640, 360))])
             log.info("%s: docs/templates/%s.jpg, example_workflows/%s.jpg", name, name, name)
+        if args.run:
+            from demo import prepare_base
+
+            run_base = Path(base) / "run"
+            prepare_base(run_base, run_base / "models", None, None)  # the demo's random weights
+            with running_server(COMFY_DIR, run_base, run_base / "server.log", timeout=180) as url:
+                if not _after_run(url, chromium, node, run_base, pictures):
+                    return 1
     return 0
 
 

@@ -2,6 +2,10 @@
 // the API-format prompt the frontend itself builds from it and any browser error raised meanwhile.
 // Usage: node load_workflows.js <server url> <chromium path> <workflow.json>...   (JSON report on stdout)
 // With SCREENSHOT_DIR set, each loaded graph is also fitted to the view and saved as <name>.png there.
+// With QUEUE_PROMPTS set (a JSON file: workflow name -> API prompt), each such workflow is also queued
+// through the frontend (app.queuePrompt, what the Run button calls). The request the frontend sends is
+// recorded as `queued`, then forwarded to the server with its prompt swapped for the given one (the
+// same workflow on tiny test models); the server's prompt_id is reported.
 const fs = require('fs');
 const path = require('path');
 const { chromium } = require('playwright-core');
@@ -26,6 +30,17 @@ async function main() {
           && !m.text().startsWith('Error fetching file size')) errors.push(m.text());
     });
     page.on('response', (r) => { if (r.status() >= 400 && r.url().startsWith(url)) errors.push(`HTTP ${r.status()} ${r.url()}`); });
+    const swaps = process.env.QUEUE_PROMPTS ? JSON.parse(fs.readFileSync(process.env.QUEUE_PROMPTS, 'utf8')) : {};
+    let current = null;
+    let queued = null;
+    await page.route((u) => u.pathname.endsWith('/prompt'), async (route) => {
+      const request = route.request();
+      if (request.method() !== 'POST' || !(current in swaps)) return route.continue();
+      const body = JSON.parse(request.postData());
+      queued = body.prompt;
+      body.prompt = swaps[current];
+      return route.continue({ postData: JSON.stringify(body) });
+    });
     await page.goto(url);
     await page.waitForFunction(() => window.app && window.app.graph, null, { timeout: 120000 });
     await page.waitForTimeout(2000);
@@ -38,6 +53,25 @@ async function main() {
       const output = await page.evaluate(async () => (await window.app.graphToPrompt()).output);
       const name = path.basename(file, '.json');
       report[name] = { output, errors };
+      if (name in swaps) {
+        current = name;
+        queued = null;
+        const reply = page.waitForResponse((r) => r.request().method() === 'POST'
+                                                  && new URL(r.url()).pathname.endsWith('/prompt'), { timeout: 60000 });
+        await page.evaluate(async () => { await window.app.queuePrompt(0, 1); });
+        const response = await reply;
+        report[name].queued = queued;
+        report[name].prompt_id = (await response.json()).prompt_id || null;
+        current = null;
+        if (process.env.SCREENSHOT_DIR && report[name].prompt_id) {
+          // a screenshot after the run shows the nodes' previews
+          await page.waitForFunction(async (id) => {
+            const history = await (await fetch(`/history/${id}`)).json();
+            return history[id] && history[id].status && history[id].status.completed !== undefined;
+          }, report[name].prompt_id, { timeout: 600000, polling: 1000 });
+          await page.waitForTimeout(1500);
+        }
+      }
       if (process.env.SCREENSHOT_DIR) {
         // dialogs over the graph: the first-run templates browser, the missing-models list
         await page.evaluate(() => document.querySelectorAll('.p-dialog-mask').forEach((e) => e.remove()));
