@@ -65,11 +65,15 @@ async function main() {
         current = null;
         if (process.env.SCREENSHOT_DIR && report[name].prompt_id) {
           // a screenshot after the run shows the nodes' previews
-          await page.waitForFunction(async (id) => {
-            const history = await (await fetch(`/history/${id}`)).json();
-            return history[id] && history[id].status && history[id].status.completed !== undefined;
-          }, report[name].prompt_id, { timeout: 600000, polling: 1000 });
-          await page.waitForTimeout(1500);
+          for (let tries = 0; tries < 600; tries += 1) {
+            const finished = await page.evaluate(async (id) => {
+              const history = await (await fetch(`/history/${id}`)).json();
+              return Boolean(history[id] && history[id].status && history[id].status.completed !== undefined);
+            }, report[name].prompt_id);
+            if (finished) break;
+            await page.waitForTimeout(1000);
+          }
+          await page.waitForTimeout(2000);
         }
       }
       if (process.env.SCREENSHOT_DIR) {
