@@ -2,7 +2,7 @@
 
 from comfy_api.latest import ComfyExtension
 
-from .elite_core import comfy_catversion, comfy_concepts
+from .elite_core import comfy_catversion, comfy_concepts, comfy_scoring
 from .elite_core.comfy_adapter import register_model_folder
 from .nodes import ELITE_NODES
 
@@ -11,6 +11,7 @@ WEB_DIRECTORY = "./web"  # web/docs/<node id>.md: the frontend's help page of ea
 register_model_folder()
 comfy_catversion.register_model_folder()
 comfy_concepts.register_concept_folder()
+comfy_scoring.register_model_folder()
 
 
 class ELITEExtension(ComfyExtension):

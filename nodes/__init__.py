@@ -9,6 +9,7 @@ from .nodes_encoder import ELITEEncoder
 from .nodes_example_concept import ELITEExampleConcept
 from .nodes_mapper_loader import ELITEGlobalMapperLoader, ELITELocalMapperLoader
 from .nodes_prepare import ELITEPrepareConcept
+from .nodes_score import ELITEScore
 
 ELITE_NODES = [
     ELITEGlobalMapperLoader,
@@ -21,6 +22,7 @@ ELITE_NODES = [
     ELITEAttentionMap,
     ELITESaveConcept,
     ELITELoadConcept,
+    ELITEScore,
     CatVersionLoader,
     CatVersionApply,
     CatVersionTrain,

@@ -1,0 +1,206 @@
+"""Image generation for a benchmark through the pack's own ComfyUI code paths: the same encoder,
+conditioning, attention patch and CatVersion prefix the nodes run, sampled by ComfyUI's sampler.
+
+Images go to ``<out>/images/<method>/<subject>/p<prompt>_s<seed>.png``. A run is resumable: an
+image that exists is never made again, and each is written to a temporary name first, so a stopped
+run leaves no half-written file. ``<out>/run.json`` records the settings; a later run in the same
+folder with other settings is refused rather than mixing images of both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .benchmark import Benchmark, Subject
+from .methods import ELITE_PLACEHOLDER, Method
+
+log = logging.getLogger("elite.eval")
+
+
+class RunError(RuntimeError):
+    """The run cannot go on; the message says what to fix."""
+
+
+@dataclass
+class Models:
+    """What the methods need, loaded by ComfyUI (or built by tests): MODEL, CLIP, VAE of an SD1.x
+    checkpoint, and for ELITE the CLIP vision model and the pack's loaded mappers; for CatVersion
+    one adapter (a CatVersionPrefix) per subject name."""
+
+    model: object
+    clip: object
+    vae: object
+    clip_vision: object | None = None
+    global_mapper: object | None = None
+    local_mapper: object | None = None
+    catversion: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    seeds: tuple[int, ...] = (0, 1, 2, 3)
+    size: int = 512
+    steps: int | None = None    # None: each method's own
+    cfg: float | None = None    # None: each method's own
+
+
+def image_path(out: Path, method: Method, subject: Subject, prompt_index: int, seed: int) -> Path:
+    return out / "images" / method.name / subject.name / f"p{prompt_index:02d}_s{seed}.png"
+
+
+def load_image(path: Path) -> torch.Tensor:
+    """IMAGE (1, H, W, 3) in [0, 1]."""
+    with Image.open(path) as img:
+        return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+def load_mask(path: Path) -> torch.Tensor:
+    """MASK (1, H, W): 1 where the mask file is white (the object)."""
+    with Image.open(path) as img:
+        return torch.from_numpy((np.asarray(img.convert("L")) > 127).astype(np.float32))[None]
+
+
+def save_image(image: torch.Tensor, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = (image[0].clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+    partial = path.with_name(path.stem + ".partial.png")
+    Image.fromarray(pixels).save(partial)
+    os.replace(partial, path)
+
+
+def check_run_settings(out: Path, record: dict) -> None:
+    """Write run.json, or refuse when the folder holds images made with other settings."""
+    path = out / "run.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in record if k in before and before[k] != record[k] and k != "methods")
+        if changed:
+            raise RunError(f"{out} holds images made with other settings ({', '.join(changed)} differ: "
+                           f"{ {k: before[k] for k in changed} }). Use another --out folder, or the same settings "
+                           "to go on with that run.")
+        record = {**record, "methods": sorted(set(before.get("methods", [])) | set(record["methods"]))}
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
+
+
+def _text_conditioning(clip, text: str):
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+class Generator:
+    """Makes one method's image of one (subject, prompt, seed); encodes each subject once."""
+
+    def __init__(self, models: Models, settings: RunSettings):
+        self.models = models
+        self.settings = settings
+        self._concepts: dict[tuple[str, bool], object] = {}
+        self._clips: dict[str, object] = {}
+
+    def check(self, methods: list[Method], benchmark: Benchmark) -> None:
+        """Refuse before any sampling when a method lacks what it needs."""
+        m = self.models
+        for method in methods:
+            if method.kind == "elite" and (m.clip_vision is None or m.global_mapper is None):
+                raise RunError(f"{method.name} needs CLIP ViT-L/14 vision (--clip-vision) and ELITE's global mapper "
+                               "(--global-mapper).")
+            if method.needs_local_mapper:
+                if m.local_mapper is None:
+                    raise RunError(f"{method.name} needs ELITE's local mapper (--local-mapper).")
+                unmasked = [s.name for s in benchmark.subjects if s.mask is None]
+                if unmasked:
+                    raise RunError(f"{method.name} needs an object mask per subject; none for {', '.join(unmasked)}. "
+                                   "Put <subject>/masks/<photo stem>.png (white on the object) beside the photos.")
+            if method.kind == "catversion":
+                missing = [s.name for s in benchmark.subjects if s.name not in m.catversion]
+                if missing:
+                    raise RunError(f"catversion needs one adapter per subject; none for {', '.join(missing)}. "
+                                   "Put <subject>.safetensors (or the authors' .bin) in the --catversion folder.")
+
+    def _concept(self, subject: Subject, local: bool):
+        from elite_core import comfy_adapter
+
+        key = (subject.name, local)
+        if key not in self._concepts:
+            m = self.models
+            image = load_image(subject.concept)
+            mask = load_mask(subject.mask) if local and subject.mask is not None else None
+            self._concepts[key] = comfy_adapter.encode_concept(
+                m.clip_vision, m.global_mapper, image, m.local_mapper if local else None, mask)
+        return self._concepts[key]
+
+    def _catversion_clip(self, subject: Subject):
+        from elite_core import comfy_catversion
+
+        if subject.name not in self._clips:
+            self._clips[subject.name] = comfy_catversion.apply_catversion(self.models.clip, self.models.catversion[subject.name])
+        return self._clips[subject.name]
+
+    def image(self, method: Method, subject: Subject, template: str, seed: int) -> torch.Tensor:
+        from elite_core import comfy_adapter
+
+        m = self.models
+        text = method.prompt(template, subject.class_noun)
+        negative = _text_conditioning(m.clip, "")
+        model = m.model
+        if method.kind == "elite":
+            concept = self._concept(subject, method.needs_local_mapper)
+            positive, _ = comfy_adapter.concept_conditioning(m.clip, concept, text, ELITE_PLACEHOLDER, all_words=False)
+            model = comfy_adapter.apply_elite(m.model, concept, positive, strength=method.strength or 0.0)
+        elif method.kind == "catversion":
+            positive = _text_conditioning(self._catversion_clip(subject), text)
+        else:
+            positive = _text_conditioning(m.clip, text)
+        return sample(model, m.vae, positive, negative, seed, self.settings.size,
+                      method.sampling(self.settings.steps, self.settings.cfg))
+
+
+def sample(model, vae, positive, negative, seed: int, size: int, sampling) -> torch.Tensor:
+    """One image as ComfyUI's KSampler and VAE Decode make it (empty latent, seeded noise)."""
+    import comfy.sample
+
+    latent = torch.zeros([1, 4, size // 8, size // 8])
+    noise = comfy.sample.prepare_noise(latent, seed)
+    samples = comfy.sample.sample(model, noise, sampling.steps, sampling.cfg, sampling.sampler, sampling.scheduler,
+                                  positive, negative, latent, denoise=1.0, disable_pbar=True, seed=seed)
+    return vae.decode(samples)
+
+
+def jobs(benchmark: Benchmark, methods: list[Method], seeds) -> list[tuple[Method, Subject, int, str, int]]:
+    return [(method, subject, index, template, seed)
+            for method in methods for subject in benchmark.subjects
+            for index, template in enumerate(subject.prompts) for seed in seeds]
+
+
+def generate(benchmark: Benchmark, methods: list[Method], models: Models, settings: RunSettings, out: Path,
+             progress: bool = True) -> dict[str, int]:
+    """Make every missing image of the run; returns how many were made and how many were there."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    generator = Generator(models, settings)
+    generator.check(methods, benchmark)
+    check_run_settings(out, {"benchmark": str(benchmark.root), "methods": [m.name for m in methods],
+                             **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}})
+    todo = jobs(benchmark, methods, settings.seeds)
+    counts = {"made": 0, "reused": 0}
+    with tqdm(total=len(todo), desc="generating", unit="image", disable=not progress) as bar:
+        for method, subject, index, template, seed in todo:
+            path = image_path(out, method, subject, index, seed)
+            if path.is_file():
+                counts["reused"] += 1
+            else:
+                with torch.inference_mode():  # as ComfyUI runs its nodes
+                    image = generator.image(method, subject, template, seed)
+                save_image(image, path)
+                counts["made"] += 1
+            bar.update(1)
+    log.info("images: %d made, %d already there", counts["made"], counts["reused"])
+    return counts

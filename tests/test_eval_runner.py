@@ -1,0 +1,260 @@
+"""The benchmark runner (elite_eval) on tiny RANDOM SD1.x models: a two-subject, two-prompt
+DreamBench-style set, every method side by side, the scores and the report; a second run reuses
+the finished images."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from conftest import COMFY_DIR, SHARED_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
+from elite_test_pack.tiny_metric_models import save_clip_folder, tiny_clip, tiny_dino
+from elite_test_pack.tiny_models import build_tiny_clip, build_tiny_clip_vision, build_tiny_sd15_model, build_tiny_vae
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from elite_eval import run as cli  # noqa: E402
+from elite_eval.benchmark import fill_template, parse_prompts_and_classes, read_benchmark  # noqa: E402
+from elite_eval.generate import Models, RunError, RunSettings, generate, image_path  # noqa: E402
+from elite_eval.methods import parse_methods  # noqa: E402
+from elite_eval.scoring import score_run, write_outputs  # noqa: E402
+
+TOKENIZER_DIR = COMFY_DIR / "comfy" / "sd1_tokenizer"
+METHODS = ["sd", "elite-global", "elite-local@0", "elite-local@1", "catversion"]
+SETTINGS = RunSettings(seeds=(0, 1), size=64, steps=2)
+# DreamBench's file layout (its own prompts are not shipped here): the class table, then both lists.
+PROMPTS_AND_CLASSES = """Classes
+
+subject_name,class
+ball,toy
+kitty,cat
+
+Prompts
+
+Object Prompts
+
+prompt_list = [
+'a {0} {1} in the snow'.format(unique_token, class_token),
+'a {0} {1} on a wooden table'.format(unique_token, class_token),
+]
+
+Live Subject Prompts
+
+prompt_list = [
+'a {0} {1} in the jungle'.format(unique_token, class_token),
+'a {0} {1} wearing a red hat'.format(unique_token, class_token),
+]
+"""
+
+
+def _photo(path: Path, colour, background, size=(96, 80), mask_path: Path | None = None) -> None:
+    image = Image.new("RGB", size, background)
+    mask = Image.new("L", size, 0)
+    box = (size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4)
+    ImageDraw.Draw(image).ellipse(box, fill=colour)
+    ImageDraw.Draw(mask).ellipse(box, fill=255)
+    image.save(path)
+    if mask_path is not None:
+        mask_path.parent.mkdir(exist_ok=True)
+        mask.save(mask_path)
+
+
+@pytest.fixture(scope="module")
+def dreambench(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dreambench")
+    (root / "prompts_and_classes.txt").write_text(PROMPTS_AND_CLASSES)
+    (root / "ball").mkdir()
+    _photo(root / "ball" / "00.jpg", (200, 30, 40), (90, 160, 90), mask_path=root / "ball" / "masks" / "00.png")
+    _photo(root / "ball" / "01.jpg", (190, 40, 40), (60, 60, 200), size=(80, 96))
+    (root / "kitty").mkdir()
+    _photo(root / "kitty" / "00.png", (240, 180, 90), (30, 30, 30), mask_path=root / "kitty" / "masks" / "00.png")
+    return root
+
+
+def _prefix(seed: int):
+    from elite_core.catversion import CatVersionPrefix
+
+    gen = torch.Generator().manual_seed(seed)
+    keys, values = (torch.randn(3, 1, 768, generator=gen) * 0.5 for _ in range(2))
+    return CatVersionPrefix(layers=(9, 10, 11), keys=keys, values=values)
+
+
+@pytest.fixture(scope="module")
+def models() -> Models:
+    from elite_core import comfy_adapter
+
+    built = Models(build_tiny_sd15_model(seed=0), build_tiny_clip(seed=7, real_size=True), build_tiny_vae(seed=2),
+                   clip_vision=build_tiny_clip_vision(seed=3))
+    built.global_mapper = comfy_adapter.load_global_mapper(TINY_GLOBAL_MAPPER)
+    built.local_mapper = comfy_adapter.load_local_mapper(TINY_LOCAL_MAPPER)
+    built.catversion = {"ball": _prefix(1), "kitty": _prefix(2)}
+    return built
+
+
+@pytest.fixture(scope="module")
+def encoder_files(tmp_path_factory) -> dict[str, Path]:
+    """A tiny CLIP as the single model.safetensors (its tokenizer: ComfyUI's) and a tiny DINO folder."""
+    clip_folder = save_clip_folder(tiny_clip(), tmp_path_factory.mktemp("clip"), TOKENIZER_DIR)
+    dino_folder = tmp_path_factory.mktemp("dino")
+    tiny_dino().save_pretrained(dino_folder, safe_serialization=True)
+    return {"clip": clip_folder / "model.safetensors", "dino": dino_folder}
+
+
+@pytest.fixture(scope="module")
+def finished_run(dreambench, models, encoder_files, tmp_path_factory):
+    from elite_eval.scoring import load_scorers
+
+    out = tmp_path_factory.mktemp("run")
+    benchmark = read_benchmark(dreambench)
+    methods = parse_methods(METHODS)
+    counts = generate(benchmark, methods, models, SETTINGS, out, progress=False)
+    scorers = load_scorers(str(encoder_files["clip"]), str(encoder_files["dino"]), str(TOKENIZER_DIR))
+    scores = score_run(benchmark, methods, SETTINGS, out, scorers, progress=False)
+    paths = write_outputs(scores, benchmark, methods, SETTINGS, out)
+    return {"out": out, "benchmark": benchmark, "methods": methods, "counts": counts, "scores": scores, "paths": paths,
+            "scorers": scorers}
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img).copy()
+
+
+def test_dreambench_file_layout_is_read():
+    classes, objects, live = parse_prompts_and_classes(PROMPTS_AND_CLASSES)
+    assert classes == {"ball": "toy", "kitty": "cat"}
+    assert objects == ["a {0} {1} in the snow", "a {0} {1} on a wooden table"]
+    assert live == ["a {0} {1} in the jungle", "a {0} {1} wearing a red hat"]
+    elite, sd, catversion = parse_methods(["elite-local@0.6", "sd", "catversion"])
+    assert elite.prompt(live[0], "cat") == "a S in the jungle"
+    assert sd.prompt(live[0], "cat") == catversion.prompt(live[0], "cat") == "a cat in the jungle"
+    assert fill_template(objects[1], "sks", "toy") == "a sks toy on a wooden table"
+
+
+def test_every_method_is_generated_and_the_invariants_hold(finished_run):
+    out, benchmark, methods = finished_run["out"], finished_run["benchmark"], finished_run["methods"]
+    assert finished_run["counts"] == {"made": 5 * 2 * 2 * 2, "reused": 0}
+    by_name = {m.name: m for m in methods}
+    differs = {"sd": 0, "catversion": 0, "elite-local@1": 0}
+    for subject in benchmark.subjects:
+        assert subject.prompts == tuple(parse_prompts_and_classes(PROMPTS_AND_CLASSES)[2 if subject.class_noun == "cat" else 1])
+        for index in range(2):
+            for seed in SETTINGS.seeds:
+                image = {name: _pixels(image_path(out, m, subject, index, seed)) for name, m in by_name.items()}
+                assert image["sd"].shape == (64, 64, 3)
+                # λ = 0 leaves the local branch out: the global-only image, bit for bit
+                np.testing.assert_array_equal(image["elite-local@0"], image["elite-global"])
+                for name in differs:
+                    differs[name] += int(not np.array_equal(image[name], image["elite-global" if name != "catversion" else "sd"]))
+    assert all(count == 8 for count in differs.values()), differs  # each method changes every image
+
+
+def test_scores_follow_the_papers_aggregation(finished_run):
+    scores = finished_run["scores"]
+    saved = json.loads((finished_run["out"] / "scores.json").read_text())
+    assert saved["methods"].keys() == set(METHODS)
+    assert set(saved["encoders"]) == {"clip", "dino"} and saved["seeds"] == [0, 1]
+    for name, data in scores["methods"].items():
+        assert len(data["images"]) == 8
+        for metric in ("clip_t", "clip_i", "dino_i", "masked_clip_i"):
+            values = [i[metric] for i in data["images"]]
+            assert all(-1.0 <= v <= 1.0 for v in values)
+            # restated: prompts -> subjects -> seeds, then the sample std over the seeds
+            per_seed = []
+            for seed in SETTINGS.seeds:
+                subjects = {}
+                for i in data["images"]:
+                    if i["seed"] == seed:
+                        subjects.setdefault(i["subject"], []).append(i[metric])
+                per_seed.append(np.mean([np.mean(v) for v in subjects.values()]))
+            assert data["summary"][metric]["mean"] == pytest.approx(np.mean(per_seed), abs=1e-12)
+            assert data["summary"][metric]["std"] == pytest.approx(np.std(per_seed, ddof=1), abs=1e-12)
+
+
+def test_a_generated_copy_of_the_reference_scores_one(finished_run, tmp_path):
+    """The scorer's per-image numbers on a known case: the concept photo itself, as a generated image."""
+    from elite_eval.scoring import _subject_references, score_image
+
+    scorers, benchmark = finished_run["scorers"], finished_run["benchmark"]
+    kitty = [s for s in benchmark.subjects if s.name == "kitty"][0]  # one photo: the copy equals every reference
+    copy = tmp_path / "copy.png"
+    Image.open(kitty.concept).convert("RGB").save(copy)
+    text = scorers.clip.encode_texts(["a cat"])
+    values = score_image(copy, kitty.mask, text, _subject_references(kitty, scorers), scorers)
+    for metric in ("clip_i", "dino_i", "masked_clip_i"):
+        assert values[metric] == pytest.approx(1.0, abs=1e-5), metric
+
+
+def test_the_report_has_every_table_the_plot_and_the_grids(finished_run):
+    out, paths = finished_run["out"], finished_run["paths"]
+    markdown = paths["markdown"].read_text()
+    for heading in ("Per method", "Published DreamBench numbers", "DINO-I per subject", "CLIP-I per subject",
+                    "masked CLIP-I per subject", "CLIP-T per subject", "Trade-off"):
+        assert f"## {heading}" in markdown, heading
+    for method in METHODS:
+        assert f"| {method} |" in markdown
+    assert "0.621" in markdown  # the paper's ELITE DINO for comparison
+    page = paths["html"].read_text()
+    assert page.count("<table>") == 6 and "tradeoff.png" in page
+    with Image.open(paths["plot"]) as plot:
+        assert plot.format == "PNG" and plot.width > 300
+    for subject in ("ball", "kitty"):
+        with Image.open(out / "grids" / f"{subject}.jpg") as grid:
+            assert grid.height == 160 * len(METHODS) and grid.width == 150 + 160 * 3  # labels, concept, 2 prompts
+
+
+def test_a_second_run_reuses_the_finished_images(finished_run, models):
+    out, benchmark, methods = finished_run["out"], finished_run["benchmark"], finished_run["methods"]
+    files = sorted((out / "images").rglob("*.png"))
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    assert generate(benchmark, methods, models, SETTINGS, out, progress=False) == {"made": 0, "reused": 40}
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps
+    gone = image_path(out, methods[0], benchmark.subjects[0], 1, 1)
+    gone.unlink()
+    assert generate(benchmark, methods, models, SETTINGS, out, progress=False) == {"made": 1, "reused": 39}
+    with pytest.raises(RunError, match="steps"):
+        generate(benchmark, methods, models, RunSettings(seeds=(0, 1), size=64, steps=3), out, progress=False)
+
+
+def test_what_a_method_lacks_is_refused_before_sampling(dreambench, models, tmp_path):
+    benchmark = read_benchmark(dreambench)
+    no_masks = benchmark.select(["ball"])
+    no_masks = type(benchmark)(benchmark.name, benchmark.root,
+                               tuple(type(s)(**{**s.__dict__, "mask": None}) for s in no_masks.subjects))
+    with pytest.raises(RunError, match=r"masks/<photo stem>\.png"):
+        generate(no_masks, parse_methods(["elite-local@0.6"]), models, SETTINGS, tmp_path / "a", progress=False)
+    bare = Models(models.model, models.clip, models.vae)
+    with pytest.raises(RunError, match="needs one adapter per subject; none for ball, kitty"):
+        generate(benchmark, parse_methods(["catversion"]), bare, SETTINGS, tmp_path / "b", progress=False)
+    assert not (tmp_path / "a" / "images").exists() and not (tmp_path / "b" / "images").exists()
+
+
+def test_the_command_line_scores_a_run_and_refuses_without_encoders(finished_run, dreambench, encoder_files, caplog):
+    out = finished_run["out"]
+    (out / "report.md").unlink()
+    args = [str(dreambench), "--out", str(out), "--methods", *METHODS, "--seeds", "0", "1", "--size", "64",
+            "--steps", "2", "--skip-generation"]
+    assert cli.main(args + ["--clip", str(encoder_files["clip"]), "--dino", str(encoder_files["dino"]),
+                            "--tokenizer", str(TOKENIZER_DIR)]) == 0
+    assert (out / "report.md").is_file()
+    caplog.set_level(logging.ERROR)
+    assert cli.main(args) == 2
+    assert "Pass --clip" in caplog.text
+    assert cli.main(args + ["--clip", str(out / "missing.safetensors")]) == 2
+    assert "missing.safetensors" in caplog.text
+
+
+@pytest.mark.skipif(not (SHARED_DIR / "data" / "elite_test_datasets").is_dir(), reason="needs ../shared")
+def test_elite_test_inputs_are_read_with_their_masks():
+    benchmark = read_benchmark(SHARED_DIR / "data" / "elite_test_datasets")
+    assert benchmark.name == "elite-test" and len(benchmark.subjects) >= 10
+    for subject in benchmark.subjects:
+        assert subject.mask == subject.concept.with_name(f"{subject.concept.stem}_bg.png")
+        assert subject.class_noun == "object" and len(subject.prompts) == 6
