@@ -103,6 +103,7 @@ class Generator:
         self.settings = settings
         self._concepts: dict[tuple[str, bool], object] = {}
         self._clips: dict[str, object] = {}
+        self._conditioning: dict[tuple, object] = {}  # the seeds of a prompt share its encoding
 
     def check(self, methods: list[Method], benchmark: Benchmark) -> None:
         """Refuse before any sampling when a method lacks what it needs."""
@@ -143,22 +144,26 @@ class Generator:
             self._clips[subject.name] = comfy_catversion.apply_catversion(self.models.clip, self.models.catversion[subject.name])
         return self._clips[subject.name]
 
-    def image(self, method: Method, subject: Subject, template: str, seed: int) -> torch.Tensor:
+    def _prepared(self, method: Method, subject: Subject, template: str):
+        """(MODEL, positive, negative) of a method for one prompt, as the nodes make them."""
         from elite_core import comfy_adapter
 
         m = self.models
         text = method.prompt(template, subject.class_noun)
-        negative = _text_conditioning(m.clip, "")
-        model = m.model
+        negative = _text_conditioning(m.clip, "")  # plain CLIP, as ELITE's and CatVersion's authors do
         if method.kind == "elite":
             concept = self._concept(subject, method.needs_local_mapper)
             positive, _ = comfy_adapter.concept_conditioning(m.clip, concept, text, ELITE_PLACEHOLDER, all_words=False)
-            model = comfy_adapter.apply_elite(m.model, concept, positive, strength=method.strength or 0.0)
-        elif method.kind == "catversion":
-            positive = _text_conditioning(self._catversion_clip(subject), text)
-        else:
-            positive = _text_conditioning(m.clip, text)
-        return sample(model, m.vae, positive, negative, seed, self.settings.size,
+            return comfy_adapter.apply_elite(m.model, concept, positive, strength=method.strength or 0.0), positive, negative
+        clip = self._catversion_clip(subject) if method.kind == "catversion" else m.clip
+        return m.model, _text_conditioning(clip, text), negative
+
+    def image(self, method: Method, subject: Subject, template: str, seed: int) -> torch.Tensor:
+        key = (method.name, subject.name, template)
+        if key not in self._conditioning:
+            self._conditioning = {key: self._prepared(method, subject, template)}  # one prompt at a time
+        model, positive, negative = self._conditioning[key]
+        return sample(model, self.models.vae, positive, negative, seed, self.settings.size,
                       method.sampling(self.settings.steps, self.settings.cfg))
 
 

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--clip", help="CLIP for CLIP-T/CLIP-I: ViT-B/32 as the papers (HF folder or model.safetensors)")
     scoring.add_argument("--dino", help="DINO ViT-S/16 or DINOv2 for DINO-I (HF folder or model.safetensors)")
     scoring.add_argument("--tokenizer", help="CLIP tokenizer folder for a single CLIP file (default: ComfyUI's)")
+    scoring.add_argument("--masked-crop", action="store_true",
+                         help="masked CLIP-I on the object's box only (default: the whole image, background white)")
     p.add_argument("--skip-generation", action="store_true", help="score and report the images already there")
     return p
 
@@ -123,6 +125,8 @@ def load_models(args, benchmark, methods):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    import torch
+
     logging.basicConfig(level=logging.INFO, format="[eval] %(message)s")
     from elite_core.input_checks import ELITEInputError
 
@@ -136,7 +140,9 @@ def main(argv=None) -> int:
         benchmark = read_benchmark(args.benchmark).select(args.subjects, args.prompts)
         methods = parse_methods(args.methods)
         settings = RunSettings(seeds=tuple(args.seeds), size=args.size, steps=args.steps, cfg=args.cfg)
-        scorers = load_scorers(args.clip, args.dino, args.tokenizer or _comfy_tokenizer(args.comfyui))  # fail early
+        device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+        scorers = load_scorers(args.clip, args.dino, args.tokenizer or _comfy_tokenizer(args.comfyui), device)
+        scorers.masked_crop = args.masked_crop
         if not args.skip_generation:
             from elite_training.comfy_runtime import SetupError, find_comfyui, start_comfyui
 

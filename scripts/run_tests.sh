@@ -11,7 +11,7 @@ run_suite() {  # run_suite VERSION VENV COMFY_DIR INDEPENDENT [pytest args...]
   local version=$1 venv=$2 comfy=$3 independent=$4
   shift 4
   echo "=== tests on ComfyUI $version ($comfy) ==="
-  if ! ELITE_COMFYUI_DIR=$comfy ELITE_COMFYUI_INDEPENDENT=$independent "$venv/bin/python" -m pytest -q "$@"; then
+  if ! ELITE_COMFYUI_DIR=$comfy ELITE_COMFYUI_INDEPENDENT=$independent "$venv/bin/python" -m pytest -q --durations=12 "$@"; then
     echo "=== FAILED on ComfyUI $version ==="
     status=1
   fi

@@ -225,8 +225,13 @@ def test_local_folder_data_follows_the_reference_augmentation(object_data):
     assert {"a far away", "very small", "a"} & seen and ({"zoomed in", "close up"} & seen)
 
 
-def test_local_stage_trains_from_the_global_mapper_and_runs_in_comfyui(tmp_path, base_model, object_data):
-    trained_global = launch(tmp_path, base_model, object_data, "global", "--steps", "1", "--batch-size", "2")
+def test_bf16_global_stage_then_the_local_stage_train_and_run_in_comfyui(tmp_path, base_model, object_data):
+    """The global stage under bf16 mixed precision (it trains, and saves its mapper in fp32 for the
+    nodes), then the local stage from it."""
+    trained_global = launch(tmp_path, base_model, object_data, "global", "--steps", "1", "--batch-size", "2",
+                            "--mixed-precision", "bf16")
+    assert all(np.isfinite(losses(trained_global)))
+    assert {t.dtype for t in load_file(str(trained_global / "global_mapper.safetensors")).values()} == {torch.float32}
     local = launch(tmp_path, base_model, object_data, "local", "--stage", "local", "--steps", "2", "--batch-size", "2",
                    "--global-mapper", str(trained_global / "global_mapper.safetensors"))
     assert len(losses(local)) == 2 and all(np.isfinite(losses(local)))
@@ -243,10 +248,3 @@ def test_local_stage_trains_from_the_global_mapper_and_runs_in_comfyui(tmp_path,
 
     with pytest.raises(Exception, match="global"):
         ELITELocalMapperLoader.execute("trained_g.safetensors")
-
-
-def test_bf16_mixed_precision_trains_and_saves_fp32_mappers(tmp_path, base_model, data):
-    out = launch(tmp_path, base_model, data, "bf16", "--steps", "2", "--batch-size", "1", "--mixed-precision", "bf16")
-    assert all(np.isfinite(losses(out)))
-    mapper = load_file(str(out / "global_mapper.safetensors"))
-    assert {t.dtype for t in mapper.values()} == {torch.float32}

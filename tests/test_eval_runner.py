@@ -28,7 +28,7 @@ from elite_eval.scoring import score_run, write_outputs  # noqa: E402
 
 TOKENIZER_DIR = COMFY_DIR / "comfy" / "sd1_tokenizer"
 METHODS = ["sd", "elite-global", "elite-local@0", "elite-local@1", "catversion"]
-SETTINGS = RunSettings(seeds=(0, 1), size=64, steps=2)
+SETTINGS = RunSettings(seeds=(0, 1), size=64, steps=1)
 # DreamBench's file layout (its own prompts are not shipped here): the class table, then both lists.
 PROMPTS_AND_CLASSES = """Classes
 
@@ -220,7 +220,7 @@ def test_a_second_run_reuses_the_finished_images(finished_run, models):
     gone.unlink()
     assert generate(benchmark, methods, models, SETTINGS, out, progress=False) == {"made": 1, "reused": 39}
     with pytest.raises(RunError, match="steps"):
-        generate(benchmark, methods, models, RunSettings(seeds=(0, 1), size=64, steps=3), out, progress=False)
+        generate(benchmark, methods, models, RunSettings(seeds=(0, 1), size=64, steps=2), out, progress=False)
 
 
 def test_what_a_method_lacks_is_refused_before_sampling(dreambench, models, tmp_path):
@@ -240,10 +240,16 @@ def test_the_command_line_scores_a_run_and_refuses_without_encoders(finished_run
     out = finished_run["out"]
     (out / "report.md").unlink()
     args = [str(dreambench), "--out", str(out), "--methods", *METHODS, "--seeds", "0", "1", "--size", "64",
-            "--steps", "2", "--skip-generation"]
+            "--steps", "1", "--skip-generation"]
     assert cli.main(args + ["--clip", str(encoder_files["clip"]), "--dino", str(encoder_files["dino"]),
-                            "--tokenizer", str(TOKENIZER_DIR)]) == 0
+                            "--tokenizer", str(TOKENIZER_DIR), "--masked-crop", "--cpu"]) == 0
     assert (out / "report.md").is_file()
+    rescored = json.loads((out / "scores.json").read_text())
+    assert rescored["masked_crop"] is True
+    for name, data in rescored["methods"].items():  # the crop changes masked CLIP-I only
+        before = finished_run["scores"]["methods"][name]["summary"]
+        assert data["summary"]["clip_i"]["mean"] == pytest.approx(before["clip_i"]["mean"], abs=1e-6)
+        assert data["summary"]["masked_clip_i"]["mean"] != pytest.approx(before["masked_clip_i"]["mean"], abs=1e-6)
     caplog.set_level(logging.ERROR)
     assert cli.main(args) == 2
     assert "Pass --clip" in caplog.text
@@ -258,3 +264,16 @@ def test_elite_test_inputs_are_read_with_their_masks():
     for subject in benchmark.subjects:
         assert subject.mask == subject.concept.with_name(f"{subject.concept.stem}_bg.png")
         assert subject.class_noun == "object" and len(subject.prompts) == 6
+
+
+def test_the_command_line_names_missing_generation_models(dreambench, encoder_files, tmp_path, caplog):
+    caplog.set_level(logging.ERROR)
+    args = [str(dreambench), "--out", str(tmp_path / "run"), "--methods", "elite-global", "--comfyui", str(COMFY_DIR),
+            "--cpu", "--clip", str(encoder_files["clip"]), "--tokenizer", str(TOKENIZER_DIR)]
+    assert cli.main(args) == 2
+    assert "Pass --checkpoint" in caplog.text
+    assert cli.main(args + ["--checkpoint", "no-such-sd15.safetensors"]) == 2
+    assert "Checkpoint 'no-such-sd15.safetensors' was not found" in caplog.text
+    assert cli.main([*args[:4], "elite-local@7", *args[5:]]) == 2
+    assert "λ must be a number from 0 to 2" in caplog.text
+    assert not (tmp_path / "run" / "images").exists()

@@ -65,12 +65,15 @@ def test_nodes_and_templates_are_published(server):
 
 
 def test_every_node_has_a_help_page_the_server_serves(server):
-    """The frontend shows web/docs/<node id>.md as the node's help page."""
+    """The frontend shows web/docs/<node id>.md as the node's help page: it fetches
+    /extensions/<pack folder>/docs/<node id>.md, the pack folder read from object_info's python_module."""
     from comfyui_elite.nodes import ELITE_NODES
 
     url, _ = server
+    info = requests.get(f"{url}/object_info", timeout=30).json()
     for node in ELITE_NODES:
         node_id = node.define_schema().node_id
+        assert info[node_id]["python_module"] == "custom_nodes.comfyui-elite", info[node_id]["python_module"]
         page = requests.get(f"{url}/extensions/comfyui-elite/docs/{node_id}.md", timeout=10)
         assert page.status_code == 200, node_id
         assert page.text.startswith("# ") and len(page.text) > 150, node_id
