@@ -13,13 +13,21 @@ ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = {"cat": "cat", "dog": "dog", "flower": "flower"}
 
 
+def read_image(path: str) -> torch.Tensor:
+    """An image file as IMAGE (1, H, W, 3) in [0, 1]."""
+    with Image.open(path) as img:
+        return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+def read_mask(path: str) -> torch.Tensor:
+    """A mask file (white on the object, as ELITE's ``_bg.png`` files) as MASK (1, H, W), 1 on the object."""
+    with Image.open(path) as m:
+        return torch.from_numpy((np.asarray(m.convert("RGB"))[..., 0] > 127).astype(np.float32))[None]
+
+
 def load_example(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """IMAGE (1, H, W, 3) in [0, 1] and MASK (1, H, W), 1 on the object, of an example concept."""
     if name not in EXAMPLES:
         raise ValueError(f"Unknown example concept {name!r}; the pack ships {', '.join(EXAMPLES)}.")
     stem = os.path.join(ASSETS, EXAMPLES[name])
-    with Image.open(stem + ".jpg") as img:
-        image = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)[None]
-    with Image.open(stem + "_mask.png") as m:
-        mask = torch.from_numpy((np.asarray(m.convert("RGB"))[..., 0] > 127).astype(np.float32))[None]
-    return image, mask
+    return read_image(stem + ".jpg"), read_mask(stem + "_mask.png")

@@ -15,9 +15,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+
+from elite_core.eval_encoders import comfy_images_to_pil
+from elite_core.example_concepts import read_image, read_mask
 
 from .benchmark import Benchmark, Subject
 from .methods import ELITE_PLACEHOLDER, Method
@@ -56,23 +57,11 @@ def image_path(out: Path, method: Method, subject: Subject, prompt_index: int, s
     return out / "images" / method.name / subject.name / f"p{prompt_index:02d}_s{seed}.png"
 
 
-def load_image(path: Path) -> torch.Tensor:
-    """IMAGE (1, H, W, 3) in [0, 1]."""
-    with Image.open(path) as img:
-        return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)[None]
-
-
-def load_mask(path: Path) -> torch.Tensor:
-    """MASK (1, H, W): 1 where the mask file is white (the object)."""
-    with Image.open(path) as img:
-        return torch.from_numpy((np.asarray(img.convert("L")) > 127).astype(np.float32))[None]
-
-
 def save_image(image: torch.Tensor, path: Path) -> None:
+    """The IMAGE as a PNG, written under a temporary name first: a stopped run leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = (image[0].clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
     partial = path.with_name(path.stem + ".partial.png")
-    Image.fromarray(pixels).save(partial)
+    comfy_images_to_pil(image)[0].save(partial)
     os.replace(partial, path)
 
 
@@ -131,8 +120,8 @@ class Generator:
         key = (subject.name, local)
         if key not in self._concepts:
             m = self.models
-            image = load_image(subject.concept)
-            mask = load_mask(subject.mask) if local and subject.mask is not None else None
+            image = read_image(str(subject.concept))
+            mask = read_mask(str(subject.mask)) if local and subject.mask is not None else None
             self._concepts[key] = comfy_adapter.encode_concept(
                 m.clip_vision, m.global_mapper, image, m.local_mapper if local else None, mask)
         return self._concepts[key]

@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from elite_core.eval_encoders import ClipEncoder, EvalModelError, ImageEncoder, load_encoder
+from elite_core.eval_encoders import ClipEncoder, EvalModelError, ImageEncoder, comfy_images_to_pil, load_encoder
 from elite_core.eval_metrics import aggregate, cosine_matrix, masked_view
+from elite_core.example_concepts import read_image, read_mask
 
 from .benchmark import Benchmark, Subject
-from .generate import RunSettings, image_path, load_image, load_mask
+from .generate import RunSettings, image_path
 from .methods import Method, clip_t_text
 from .report import image_grid, write_report
 
@@ -64,8 +65,7 @@ def _pil(path: Path) -> Image.Image:
 
 
 def _masked_pil(image_path_: Path, mask_path: Path, crop: bool) -> Image.Image:
-    view = masked_view(load_image(image_path_)[0], load_mask(mask_path)[0], crop)
-    return Image.fromarray((view.numpy() * 255.0).round().astype("uint8"))
+    return comfy_images_to_pil(masked_view(read_image(str(image_path_))[0], read_mask(str(mask_path))[0], crop))[0]
 
 
 def _subject_references(subject: Subject, scorers: Scorers) -> dict[str, torch.Tensor]:
