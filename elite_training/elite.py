@@ -6,11 +6,13 @@ on a CPU, one GPU, several GPUs or several machines (data parallel).
     accelerate launch -m elite_training.elite --stage local --global-mapper runs/global/global_mapper.safetensors \\
         --pretrained sd15-diffusers/ --image-encoder clip-vit-large-patch14/ --data my_objects/ --output-dir runs/local
 
-``--pretrained`` is an SD1.x diffusers folder (unet/, vae/, text_encoder/, tokenizer/) and
-``--image-encoder`` a CLIP ViT-L/14 vision folder (transformers layout); both load offline. The data
-layout is :mod:`elite_training.elite_data`'s. Defaults are the reference's (§9.3): batch 4 (global) /
+``--pretrained`` is an SD1.x diffusers folder (unet/, vae/, text_encoder/, tokenizer/) or a single-file
+``.safetensors`` checkpoint, and ``--image-encoder`` a CLIP ViT-L/14 vision folder (transformers
+layout); all load offline. ``--data`` is a plain folder, Open Images V6 or WebDataset shards
+(:mod:`elite_training.prepare_data`). Defaults are the reference's (§9.3): batch 4 (global) /
 2 (local) per process, gradient accumulation 4, AdamW (0.9, 0.999, wd 1e-2) at 1e-6 / 1e-5 x total
-batch, constant, clipping at 1.0, 512 px, a mapper file every 200 steps.
+batch, constant, clipping at 1.0, 512 px, a mapper file every 200 steps. Gradient accumulation is
+accelerate's (one all-reduce per optimizer step).
 
 The maths is ``elite_core.elite_objectives`` (``GlobalStage``, ``LocalStage``): the same
 cross-attention and injection the nodes run. Every sample's draws (which image, augmentations, caption, noise, timestep) come from the
@@ -288,27 +290,33 @@ def train(accelerator, models, dataset, config) -> str:
             total = 0.0
             for micro in range(config.gradient_accumulation):
                 batch = micro_batch(dataset, tokenizer, vae, step, micro, config, rank, world, device, dtype, plain_data)
-                with accelerator.autocast():
-                    loss, _ = stage(**batch)
-                accelerator.backward(loss / config.gradient_accumulation)
+                # accelerate's accumulation: gradients are all-reduced once, on the last micro-batch, and
+                # backward divides the loss by the accumulation (DeepSpeed's engine does both itself)
+                with accelerator.accumulate(stage):
+                    with accelerator.autocast():
+                        loss, _ = stage(**batch)
+                    accelerator.backward(loss)
                 total += loss.item() / config.gradient_accumulation
             # one collective per step: the mean loss, and whether any process was asked to stop
             shared = accelerator.reduce(torch.tensor([total / world, float(stop.requested)], device=device), "sum")
             total, stopping = shared[0].item(), shared[1].item() > 0
+            record = {"step": step + 1, "loss": total}
             if config.max_grad_norm:
-                accelerator.clip_grad_norm_(stage.parameters(), config.max_grad_norm)
+                norm = accelerator.clip_grad_norm_(stage.parameters(), config.max_grad_norm)
+                if norm is not None:  # the gradient's norm before clipping (DeepSpeed clips inside its engine)
+                    record["grad_norm"] = float(norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
             if accelerator.is_main_process:
                 with open(os.path.join(config.output_dir, "train_log.jsonl"), "a") as f:
-                    f.write(json.dumps({"step": done, "loss": total}) + "\n")
+                    f.write(json.dumps(record) + "\n")
                 rate = (done - start) * samples_per_step / (time.perf_counter() - started)
                 progress.update(1)
                 progress.set_postfix(loss=f"{total:.4f}", samples_per_s=f"{rate:.2f}")
                 if done % 50 == 0 or done == config.steps:
                     log.info("step %d/%d  loss %.5f  %.2f samples/s", done, config.steps, total, rate)
-            accelerator.log({"loss": total}, step=done)
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=done)
             if stopping and done < config.steps:
                 checkpoint(done)
                 progress.close()
@@ -342,6 +350,7 @@ def main(argv=None) -> int:
         return 2
     try:
         accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision, project_dir=config.output_dir,
+                                  gradient_accumulation_steps=config.gradient_accumulation,
                                   log_with=tensorboard_logging() if config.validation_images else None)
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
         models = load_models(config.pretrained, config.image_encoder, accelerator.device, dtype, config.config,

@@ -20,7 +20,7 @@ NEW_COMFY_TAR=$SHARED/comfyui/comfyui-$NEW_COMFY_VERSION.tar.xz
 NEWEST_FRONTEND=1.58.1   # the newest comfyui-frontend-package on the package index when last checked
 
 mkdir -p "$CACHE"
-log() { echo "[bootstrap] $*" >&2; }
+log() { echo "[bootstrap $(date +%T)] $*" >&2; }
 # Disk matters more than download time here: pip keeps no wheel cache.
 export PIP_NO_CACHE_DIR=1
 TORCH_BASE=$CACHE/torch-2.14.1
@@ -33,6 +33,35 @@ for old in "$CACHE"/venv "$CACHE"/venv-*; do
     rm -rf "$old"
   fi
 done
+
+# The frontend check (tests/test_http_server.py) loads the example workflows into ComfyUI's real
+# frontend: Debian's chromium plus playwright-core from npm. Optional outside CI: without them the
+# check is skipped locally (CI fails instead).
+FRONTEND=$CACHE/frontend-check
+PLAYWRIGHT=1.65.1
+frontend_check_tools() {
+  if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      log "installing Debian's chromium (frontend check)"
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+        || log "chromium could not be installed: the frontend check will not run"
+    else
+      log "no chromium (install Debian's chromium package): the frontend check will not run"
+    fi
+  fi
+  if command -v npm >/dev/null && [ ! -f "$FRONTEND/.elite-stamp-$PLAYWRIGHT" ]; then
+    log "installing playwright-core $PLAYWRIGHT (frontend check)"
+    rm -rf "$FRONTEND" && mkdir -p "$FRONTEND"
+    if npm install --prefix "$FRONTEND" --no-audit --no-fund --silent "playwright-core@$PLAYWRIGHT"; then
+      touch "$FRONTEND/.elite-stamp-$PLAYWRIGHT"
+    else
+      log "playwright-core could not be installed: the frontend check will not run"
+    fi
+  fi
+}
+# It needs none of the Python environment: it runs while that is built.
+frontend_check_tools &
+FRONTEND_TOOLS=$!
 
 # torch, torchvision and their CUDA libraries are most of the disk: one copy for both venvs.
 if [ ! -f "$TORCH_BASE/.elite-stamp-$STAMP_VERSION" ]; then
@@ -94,7 +123,9 @@ PYEOF
   rm -rf "$DL"
   touch "$COMFY/.elite-stamp-$STAMP_VERSION"
 fi
-make_venv "$CACHE/venv" "$COMFY"
+# The venvs share nothing but the torch folder: they are built at the same time.
+make_venv "$CACHE/venv" "$COMFY" &
+VENVS=($!)
 
 if [ -f "$NEW_COMFY_TAR" ]; then
   NEW_COMFY=$CACHE/comfyui-$NEW_COMFY_VERSION
@@ -105,10 +136,14 @@ if [ -f "$NEW_COMFY_TAR" ]; then
     rm -f "$NEW_COMFY/extra_model_paths.yaml"
     touch "$NEW_COMFY/.elite-stamp-$STAMP_VERSION"
   fi
-  make_venv "$CACHE/venv-$NEW_COMFY_VERSION" "$NEW_COMFY"
+  make_venv "$CACHE/venv-$NEW_COMFY_VERSION" "$NEW_COMFY" &
+  VENVS+=($!)
 else
   log "no $NEW_COMFY_TAR: the tests will run on ComfyUI 0.3.75 only"
 fi
+for job in "${VENVS[@]}"; do
+  wait "$job" || { log "building a venv failed (see above)"; exit 1; }
+done
 
 # The newest frontend, served with --front-end-root by the frontend check (the pinned ones come
 # with each ComfyUI's requirements).
@@ -124,27 +159,5 @@ if [ ! -f "$FRONTEND_NEWEST/.elite-stamp-$NEWEST_FRONTEND" ]; then
   fi
 fi
 
-# The frontend check (tests/test_http_server.py) loads the example workflows into ComfyUI's real
-# frontend: Debian's chromium plus playwright-core from npm. Optional outside CI: without them the
-# check is skipped locally (CI fails instead).
-FRONTEND=$CACHE/frontend-check
-PLAYWRIGHT=1.65.1
-if ! command -v chromium >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    log "installing Debian's chromium (frontend check)"
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
-      || log "chromium could not be installed: the frontend check will not run"
-  else
-    log "no chromium (install Debian's chromium package): the frontend check will not run"
-  fi
-fi
-if command -v npm >/dev/null && [ ! -f "$FRONTEND/.elite-stamp-$PLAYWRIGHT" ]; then
-  log "installing playwright-core $PLAYWRIGHT (frontend check)"
-  rm -rf "$FRONTEND" && mkdir -p "$FRONTEND"
-  if npm install --prefix "$FRONTEND" --no-audit --no-fund --silent "playwright-core@$PLAYWRIGHT"; then
-    touch "$FRONTEND/.elite-stamp-$PLAYWRIGHT"
-  else
-    log "playwright-core could not be installed: the frontend check will not run"
-  fi
-fi
+wait "$FRONTEND_TOOLS"
 log "ready: $(ls -d "$TORCH_BASE" "$CACHE"/venv* "$CACHE"/comfyui* | tr '\n' ' ')"

@@ -1,6 +1,8 @@
-"""Run under ``accelerate launch``: the command-line trainer's ``train`` on tiny seeded models.
+"""The command-line trainer's ``train`` on tiny seeded models, under ``accelerate launch`` for several
+processes or run directly for one:
 
     accelerate launch --cpu --num_processes 2 tests/catversion_accelerate_worker.py OUT BATCH STEPS
+    python tests/catversion_accelerate_worker.py OUT BATCH STEPS
 
 Every process builds the same models from fixed seeds (RANDOM weights, real SD1.x layouts; the
 CLIP is the real-size CLIP-L text encoder). The main process writes OUT.safetensors (the adapter)

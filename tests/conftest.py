@@ -107,13 +107,14 @@ def comfyui_version() -> str:
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``comfyui_independent`` (the command-line trainers and their maths, which never
-    import ComfyUI's code) run on the first ComfyUI only: scripts/run_tests.sh sets
+    import ComfyUI's code) or ``first_comfyui_only`` (multi-process launches whose ComfyUI code other
+    tests cover on every version) run on the first ComfyUI only: scripts/run_tests.sh sets
     ELITE_COMFYUI_INDEPENDENT=skip for the second."""
     if os.environ.get("ELITE_COMFYUI_INDEPENDENT") != "skip":
         return
-    skip = pytest.mark.skip(reason="independent of ComfyUI: run with the first ComfyUI of scripts/run_tests.sh")
+    skip = pytest.mark.skip(reason="run with the first ComfyUI of scripts/run_tests.sh only")
     for item in items:
-        if item.get_closest_marker("comfyui_independent"):
+        if item.get_closest_marker("comfyui_independent") or item.get_closest_marker("first_comfyui_only"):
             item.add_marker(skip)
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyU
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from elite_core.elite_objectives import new_global_mapper  # noqa: E402
+from elite_training.elite import mapper_widths  # noqa: E402
 from elite_training.elite_data import (  # noqa: E402
     FolderDataset,
     reference_caption,
@@ -79,12 +82,14 @@ def test_folder_data_is_seeded_and_skips_unreadable_files(data):
 
 
 def launch_command(output: Path, base_model: Path, data: Path, *extra: str, processes: int = 1) -> list[str]:
-    launcher = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--cpu", "--num_processes", "1"]
-    return [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
-               "-m", "elite_training.elite", "--pretrained", str(base_model),
-               "--image-encoder", str(base_model / "image_encoder"), "--data", str(data), "--output-dir", str(output),
-               "--resolution", "64", "--gradient-accumulation", "1", "--learning-rate", "1e-3", "--cpu",
+    """Several processes go through `accelerate launch` (gloo on the CPU); one process runs the module
+    directly, which accelerate supports as well and which saves the launcher's start-up."""
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--num_cpu_threads_per_process", "1"] if processes > 1 else [sys.executable]
+    return [*launcher, "-m", "elite_training.elite", "--pretrained", str(base_model),
+            "--image-encoder", str(base_model / "image_encoder"), "--data", str(data), "--output-dir", str(output),
+            "--resolution", "64", "--gradient-accumulation", "1", "--learning-rate", "1e-3", "--cpu",
             "--validation-images", "0", *extra]
 
 
@@ -99,32 +104,28 @@ def launch(tmp_path: Path, base_model: Path, data: Path, out: str, *extra: str, 
     return output
 
 
+def log_column(output: Path, name: str) -> list[float]:
+    return [json.loads(line)[name] for line in (output / "train_log.jsonl").read_text().splitlines()]
+
+
 def losses(output: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (output / "train_log.jsonl").read_text().splitlines()]
+    return log_column(output, "loss")
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path, base_model, data):
-    two_dir = launch(tmp_path, base_model, data, "two", "--steps", "2", "--batch-size", "1", processes=2)
-    one_dir = launch(tmp_path, base_model, data, "one", "--steps", "2", "--batch-size", "2")
-    init_dir = launch(tmp_path, base_model, data, "init", "--steps", "0", "--batch-size", "2")
-    np.testing.assert_allclose(losses(two_dir), losses(one_dir), rtol=1e-5)
-    two, one, init = (load_file(str(d / "global_mapper.safetensors")) for d in (two_dir, one_dir, init_dir))
-    assert two.keys() == one.keys() == init.keys()
-    # The updates agree: AdamW's first steps move a weight by about ±lr whatever its gradient's size,
-    # so a weight with a ~0 gradient can differ by a rounding of the summation order; compare the
-    # whole update instead of each weight.
-    flat = lambda d: torch.cat([d[k].flatten() for k in sorted(d)])  # noqa: E731
-    update_two, update_one = flat(two) - flat(init), flat(one) - flat(init)
-    assert update_one.norm() > 0
-    assert (update_two - update_one).norm() < 1e-2 * update_one.norm()
+# Two processes x batch 1 x accumulation 2 hold the same global batch of 4 samples (in the same
+# micro-batches) as one process x batch 2 x accumulation 2, and as one process x batch 4.
+TWO_PROCESSES = ("--batch-size", "1", "--gradient-accumulation", "2")
+ONE_PROCESS = ("--batch-size", "2", "--gradient-accumulation", "2")
+ONE_PROCESS_NO_ACCUMULATION = ("--batch-size", "4", "--gradient-accumulation", "1")
 
 
-def test_ctrl_c_stops_both_processes_after_the_same_step_and_the_run_resumes_exactly(tmp_path, base_model, data):
-    """SIGINT to the launcher's whole process group (what Ctrl-C in a terminal does) while two
-    processes train: both finish the step in progress, one checkpoint holds it, and resuming from it
-    gives the same weights as a run that was never stopped."""
-    stopped = tmp_path / "stopped"
-    command = launch_command(stopped, base_model, data, "--steps", "500", "--batch-size", "1", "--checkpoint-every", "0",
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory, base_model, data) -> SimpleNamespace:
+    """Two processes training until SIGINT reaches the launcher's whole process group (what Ctrl-C in
+    a terminal does), that run resumed for one more step, and the same steps never stopped."""
+    root = tmp_path_factory.mktemp("two-processes")
+    stopped = root / "stopped"
+    command = launch_command(stopped, base_model, data, "--steps", "500", *TWO_PROCESSES, "--checkpoint-every", "0",
                              processes=2)
     process = subprocess.Popen(command, cwd=REPO, env=LAUNCH_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)
@@ -134,28 +135,76 @@ def test_ctrl_c_stops_both_processes_after_the_same_step_and_the_run_resumes_exa
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGINT)
     output = process.communicate(timeout=300)[0]
-    checkpoints = [d for d in stopped.iterdir() if d.name.startswith("checkpoint-")]
+    checkpoints = sorted(d.name for d in stopped.iterdir() if d.name.startswith("checkpoint-"))
     assert len(checkpoints) == 1, output[-4000:]
-    step = json.loads((checkpoints[0] / "elite_step.json").read_text())["step"]
-    assert 2 <= step < 500 and len(losses(stopped)) == step
-    assert "stopped on request after step" in output, output[-6000:]
-    # no process was cut off inside the trainer (torch's launcher reports the signal with its own traceback)
-    assert 'elite_training/' not in "".join(line for line in output.splitlines() if line.lstrip().startswith("File ")), \
-        output[-6000:]
-    assert (stopped / f"mapper_{step:06d}.safetensors").is_file()
-    launch(tmp_path, base_model, data, "stopped", "--steps", str(step + 1), "--batch-size", "1", "--resume", "latest",
+    step = json.loads((stopped / checkpoints[0] / "elite_step.json").read_text())["step"]
+    losses_when_stopped = losses(stopped)
+    launch(root, base_model, data, "stopped", "--steps", str(step + 1), *TWO_PROCESSES, "--resume", "latest",
            processes=2)
-    whole = launch(tmp_path, base_model, data, "whole", "--steps", str(step + 1), "--batch-size", "1", processes=2)
-    a, b = load_file(str(whole / "global_mapper.safetensors")), load_file(str(stopped / "global_mapper.safetensors"))
+    whole = launch(root, base_model, data, "whole", "--steps", str(step + 1), *TWO_PROCESSES, "--checkpoint-every", "2",
+                   processes=2)
+    return SimpleNamespace(stopped=stopped, whole=whole, step=step, output=output, checkpoints=checkpoints,
+                           losses_when_stopped=losses_when_stopped)
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory, base_model, data, two_process_runs) -> Path:
+    """Three steps of the two-process run's global batches in one process, with a checkpoint at step 2,
+    validation images and the official .pt export (none of which may change training)."""
+    root = tmp_path_factory.mktemp("one-process")
+    return launch(root, base_model, data, "whole", "--steps", "3", *ONE_PROCESS,
+                  "--checkpoint-every", "2", "--export-pt", "--validation-images", "2", "--validation-steps", "2")
+
+
+def test_ctrl_c_stops_both_processes_after_the_same_step_and_the_run_resumes_exactly(two_process_runs):
+    """Both processes finish the step in progress, one checkpoint holds it, and resuming from it gives
+    the same weights as a run that was never stopped."""
+    run = two_process_runs
+    assert 2 <= run.step < 500 and len(run.losses_when_stopped) == run.step, run.output[-4000:]
+    assert run.checkpoints == [f"checkpoint-{run.step}"]
+    assert "stopped on request after step" in run.output, run.output[-6000:]
+    # no process was cut off inside the trainer (torch's launcher reports the signal with its own traceback)
+    assert 'elite_training/' not in "".join(line for line in run.output.splitlines() if line.lstrip().startswith("File ")), \
+        run.output[-6000:]
+    assert (run.stopped / f"mapper_{run.step:06d}.safetensors").is_file()
+    a, b = load_file(str(run.whole / "global_mapper.safetensors")), load_file(str(run.stopped / "global_mapper.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert losses(stopped) == losses(whole)
+    assert losses(run.stopped) == losses(run.whole)
 
 
-def test_resumed_run_equals_an_uninterrupted_one(tmp_path, base_model, data):
-    whole = launch(tmp_path, base_model, data, "whole", "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2",
-                   "--export-pt", "--validation-images", "2", "--validation-steps", "2")
-    # validation images at the checkpoint and at the end (they do not disturb training: see below)
-    for step in (2, 4):
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, base_model, data, two_process_runs,
+                                                            one_process_run):
+    """2 processes x batch 1 x accumulation 2 = 1 x 2 x 2 = 1 x 4 x 1 over the first two steps: the
+    same losses, the same gradient norms before clipping (so accumulation neither drops nor rescales a
+    micro-batch, and the processes' gradients are averaged once), and the same update."""
+    no_accumulation = launch(tmp_path, base_model, data, "batch4", "--steps", "2", *ONE_PROCESS_NO_ACCUMULATION)
+    runs = (two_process_runs.whole, one_process_run, no_accumulation)
+    for column in ("loss", "grad_norm"):
+        first, *others = (log_column(run, column)[:2] for run in runs)
+        assert len(first) == 2
+        for other in others:
+            np.testing.assert_allclose(other, first, rtol=1e-5, err_msg=column)
+    assert min(log_column(one_process_run, "grad_norm")) > 0  # norms of 0 would make the comparison empty
+    two, one, four = (load_file(str(path)) for path in (two_process_runs.whole / "mapper_000002.safetensors",
+                                                       one_process_run / "mapper_000002.safetensors",
+                                                       no_accumulation / "global_mapper.safetensors"))
+    unet, _, vision, _, _ = build_training_models()
+    init = new_global_mapper(unet, mapper_widths(unet, vision), seed=0).state_dict()
+    assert two.keys() == one.keys() == four.keys() == init.keys()
+    # AdamW's first steps move a weight by about +-lr whatever its gradient's size, so a weight with a
+    # ~0 gradient can differ by a rounding of the summation order; compare the whole update instead.
+    flat = lambda d: torch.cat([d[k].flatten() for k in sorted(d)])  # noqa: E731
+    update_one = flat(one) - flat(init)
+    assert update_one.norm() > 0
+    for other in (two, four):
+        assert (flat(other) - flat(init) - update_one).norm() < 1e-2 * update_one.norm()
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, base_model, data, one_process_run):
+    whole, steps = one_process_run, 3
+    # validation images at the checkpoint and at the end (they do not disturb training: the run above
+    # matches the two-process run without them, and the resumed run below matches it)
+    for step in (2, steps):
         with Image.open(whole / "validation" / f"step_{step:06d}.png") as grid:
             assert grid.size == (2 * 64, 2 * 64)
     assert list(whole.rglob("events.out.tfevents.*")), "no TensorBoard log"
@@ -166,10 +215,11 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, base_model, data):
         assert official.keys() == ours.keys() and all(torch.equal(official[k], ours[k]) for k in ours)
     resumed = tmp_path / "resumed"
     shutil.copytree(whole / "checkpoint-2", resumed / "checkpoint-2")
-    launch(tmp_path, base_model, data, "resumed", "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2",
+    launch(tmp_path, base_model, data, "resumed", "--steps", str(steps), *ONE_PROCESS, "--checkpoint-every", "2",
            "--resume", "latest")
     a, b = load_file(str(whole / "global_mapper.safetensors")), load_file(str(resumed / "global_mapper.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(resumed) == losses(whole)[2:]
     halfway = load_file(str(whole / "mapper_000002.safetensors"))
     assert not all(torch.equal(a[k], halfway[k]) for k in a)
     # the trained file is what the loader node reads: copy it into models/elite and run the workflow
