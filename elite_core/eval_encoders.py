@@ -33,6 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torchvision import transforms
 
+from .checkpoint import PICKLE_EXTENSIONS
 from .clip_input import CLIP_MEAN, CLIP_STD, image_to_uint8
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DINO_RESIZE, DINO_CROP = 256, 224
 CLIP_MAX_TOKENS = 77
-PICKLE_EXTENSIONS = (".pt", ".pth", ".bin", ".ckpt")
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 KINDS = ("clip", "dino", "dinov2")
 EXPECTED = {

@@ -11,6 +11,8 @@ from PIL import Image
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "concepts")
 EXAMPLES = {"cat": "cat", "dog": "dog", "flower": "flower"}
+# the photo files the pack's folders are read for (training data, CatVersion photos, benchmarks)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def read_image(path: str) -> torch.Tensor:

@@ -19,7 +19,8 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+from elite_core.example_concepts import IMAGE_EXTENSIONS
+
 LIVE_CLASSES = ("dog", "cat")  # DreamBench's live subjects; they get the live prompt list
 # For folders without their own prompts: short re-contextualisations, in DreamBench's template form.
 DEFAULT_PROMPTS = (
@@ -75,7 +76,7 @@ def fill_template(template: str, unique_token: str, class_noun: str) -> str:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def parse_prompts_and_classes(text: str) -> tuple[dict[str, str], list[str], list[str]]:

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .elite_data import IMAGE_EXTENSIONS, DataError
+from elite_core.example_concepts import IMAGE_EXTENSIONS
+
+from .elite_data import DataError
 
 log = logging.getLogger("elite.train.data")
 

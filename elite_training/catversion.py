@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from elite_core.example_concepts import IMAGE_EXTENSIONS
 from elite_core.input_checks import ELITEInputError
 
 from .comfy_runtime import SetupError, find_comfyui, load_sd1_checkpoint, start_comfyui
 
 log = logging.getLogger("elite.catversion.train")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -43,10 +43,10 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from elite_core.clip_input import CLIP_MEAN, CLIP_STD
+from elite_core.example_concepts import IMAGE_EXTENSIONS
 
 log = logging.getLogger("elite.train.data")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 PLACEHOLDER = "S"
 BOX_PADDING = 10
 MIN_OBJECT_SIDE = 100  # px: the local stage keeps mask boxes at least this tall and wide ...
