@@ -148,7 +148,7 @@ def two_process_runs(tmp_path_factory, base_model, data) -> SimpleNamespace:
 
 
 @pytest.fixture(scope="module")
-def one_process_run(tmp_path_factory, base_model, data, two_process_runs) -> Path:
+def one_process_run(tmp_path_factory, base_model, data) -> Path:
     """Three steps of the two-process run's global batches in one process, with a checkpoint at step 2,
     validation images and the official .pt export (none of which may change training)."""
     root = tmp_path_factory.mktemp("one-process")
