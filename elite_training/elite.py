@@ -220,15 +220,35 @@ def load_global_mapper(path: str, widths: MapperWidths) -> GlobalMapper:
     return build_mapper(GlobalMapper, state, widths).float()
 
 
-def find_resume(config) -> str | None:
+def find_resume(config) -> tuple[str | None, int]:
+    """The checkpoint folder to resume from (None: start afresh) and its step."""
     if not config.resume:
-        return None
-    if config.resume != "latest":
-        return config.resume
-    out = config.output_dir
-    found = [d for d in os.listdir(out) if d.startswith("checkpoint-") and os.path.isfile(os.path.join(out, d, "elite_step.json"))] \
-        if os.path.isdir(out) else []  # a checkpoint is complete once its elite_step.json is written
-    return os.path.join(config.output_dir, max(found, key=lambda d: int(d.split("-")[1]))) if found else None
+        return None, 0
+    if config.resume == "latest":
+        out = config.output_dir
+        found = [d for d in os.listdir(out) if d.startswith("checkpoint-") and os.path.isfile(os.path.join(out, d, "elite_step.json"))] \
+            if os.path.isdir(out) else []  # a checkpoint is complete once its elite_step.json is written
+        if not found:
+            return None, 0
+        folder = os.path.join(out, max(found, key=lambda d: int(d.split("-")[1])))
+    else:
+        folder = config.resume
+    try:
+        with open(os.path.join(folder, "elite_step.json")) as f:
+            return folder, int(json.load(f)["step"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"--resume {config.resume!r}: {folder!r} is not a finished checkpoint (its elite_step.json "
+                        f"cannot be read: {exc}). Pass a checkpoint-<step> folder of a run, or 'latest'.") from None
+
+
+def agree_on_start(accelerator, start: int) -> None:
+    """Every process must resume from the same step; they would not where --output-dir is not on storage
+    all machines share (only the main process writes a checkpoint's model and step)."""
+    starts = [int(s) for s in accelerator.gather(torch.tensor([start], device=accelerator.device)).tolist()]
+    if len(set(starts)) > 1:
+        raise DataError(f"The processes found different checkpoints to resume from (steps {starts}, by process): "
+                        "put --output-dir on storage that every machine shares, so that all of them read the "
+                        "checkpoint the main process wrote.")
 
 
 def train(accelerator, models, dataset, config) -> str:
@@ -252,12 +272,10 @@ def train(accelerator, models, dataset, config) -> str:
     optimizer = torch.optim.AdamW(stage.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     stage, optimizer = accelerator.prepare(stage, optimizer)
     os.makedirs(config.output_dir, exist_ok=True)
-    start = 0
-    resume = find_resume(config)
+    resume, start = find_resume(config)
+    agree_on_start(accelerator, start)
     if resume:
         accelerator.load_state(resume)
-        with open(os.path.join(resume, "elite_step.json")) as f:
-            start = json.load(f)["step"]
         log.info("resumed from %s at step %d", resume, start)
     dtype = next(unet.parameters()).dtype
 

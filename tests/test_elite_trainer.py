@@ -298,3 +298,33 @@ def test_bf16_global_stage_then_the_local_stage_train_and_run_in_comfyui(tmp_pat
 
     with pytest.raises(Exception, match="global"):
         ELITELocalMapperLoader.execute("trained_g.safetensors")
+
+
+def test_resume_is_refused_when_the_processes_would_start_from_different_steps(tmp_path):
+    """Only the main process writes a checkpoint's model and step, so machines that do not share
+    --output-dir would resume from different steps (and then hang in their collectives): refused."""
+    from elite_training.elite import agree_on_start, find_resume
+    from elite_training.elite_data import DataError
+
+    class Processes:  # what accelerate's gather returns when the processes hold these values
+        device = torch.device("cpu")
+
+        def __init__(self, *starts):
+            self.starts = starts
+
+        def gather(self, tensor):
+            return torch.tensor(self.starts)
+
+    agree_on_start(Processes(6, 6), 6)
+    with pytest.raises(DataError, match="storage that every machine shares"):
+        agree_on_start(Processes(6, 0), 6)
+    config = SimpleNamespace(resume="latest", output_dir=str(tmp_path))
+    assert find_resume(config) == (None, 0)  # nothing to resume yet: start afresh
+    (tmp_path / "checkpoint-4").mkdir()
+    assert find_resume(config) == (None, 0)  # a checkpoint without its step file is unfinished
+    (tmp_path / "checkpoint-4" / "elite_step.json").write_text('{"step": 4}')
+    (tmp_path / "checkpoint-10").mkdir()
+    (tmp_path / "checkpoint-10" / "elite_step.json").write_text('{"step": 10}')
+    assert find_resume(config) == (str(tmp_path / "checkpoint-10"), 10)
+    with pytest.raises(DataError, match="not a finished checkpoint"):
+        find_resume(SimpleNamespace(resume=str(tmp_path / "nowhere"), output_dir=str(tmp_path)))
