@@ -21,8 +21,9 @@ from pathlib import Path
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-COMFY_DIR = Path(os.environ.get("ELITE_COMFYUI_DIR", REPO / ".cache" / "comfyui"))
-FRONTEND_MODULES = REPO / ".cache" / "frontend-check" / "node_modules"
+CACHE = Path(os.environ.get("ELITE_CACHE", REPO / ".cache"))  # where scripts/bootstrap.sh installs
+COMFY_DIR = Path(os.environ.get("ELITE_COMFYUI_DIR", CACHE / "comfyui"))
+FRONTEND_MODULES = CACHE / "frontend-check" / "node_modules"
 log = logging.getLogger("elite.screenshots")
 RUN_TEMPLATE = "elite_prepare_from_photo"
 

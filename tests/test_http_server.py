@@ -17,8 +17,9 @@ from test_workflows import EXAMPLES, needs_shared_data, tiny_prompt
 
 TESTS = Path(__file__).resolve().parent
 API_TWIN = TESTS / "api_workflows" / "elite_global_local.json"
-FRONTEND_MODULES = TESTS.parent / ".cache" / "frontend-check" / "node_modules"
-NEWEST_FRONTEND = TESTS.parent / ".cache" / "frontend-newest"  # the bootstrap installs it there
+CACHE = Path(os.environ.get("ELITE_CACHE", TESTS.parent / ".cache"))  # where scripts/bootstrap.sh installs
+FRONTEND_MODULES = CACHE / "frontend-check" / "node_modules"
+NEWEST_FRONTEND = CACHE / "frontend-newest"
 
 
 def _frontend_version(site: Path | None) -> str:
