@@ -1,5 +1,6 @@
 """The example concepts shipped with the pack (``assets/concepts/``: ELITE's own test images, Apache-2.0,
-see the NOTICE there), so the example workflows run without placing files."""
+see the NOTICE there), so the example workflows run without placing files; and the image-file helpers
+the pack reads every such file with (``read_image``, ``read_mask``, ``IMAGE_EXTENSIONS``)."""
 
 from __future__ import annotations
 

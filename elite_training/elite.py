@@ -318,14 +318,14 @@ def train(accelerator, models, dataset, config) -> str:
             # one collective per step: the mean loss, and whether any process was asked to stop
             shared = accelerator.reduce(torch.tensor([total / world, float(stop.requested)], device=device), "sum")
             total, stopping = shared[0].item(), shared[1].item() > 0
-            record = {"step": step + 1, "loss": total}
+            done = step + 1
+            record = {"step": done, "loss": total}
             if config.max_grad_norm:
                 norm = accelerator.clip_grad_norm_(stage.parameters(), config.max_grad_norm)
                 if norm is not None:  # the gradient's norm before clipping (DeepSpeed clips inside its engine)
                     record["grad_norm"] = float(norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            done = step + 1
             if accelerator.is_main_process:
                 with open(os.path.join(config.output_dir, "train_log.jsonl"), "a") as f:
                     f.write(json.dumps(record) + "\n")
