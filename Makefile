@@ -1,7 +1,7 @@
 # ELITE for ComfyUI: environment, demo and tests. Everything installs under .cache/ (git-ignored).
 PY := .cache/venv/bin/python
 
-.PHONY: env demo test clean
+.PHONY: env demo test lint clean
 
 env:
 	bash scripts/bootstrap.sh
@@ -9,8 +9,11 @@ env:
 demo: env
 	$(PY) scripts/demo.py
 
-test: env
+test: env lint
 	bash scripts/run_tests.sh
+
+lint: env
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf .cache

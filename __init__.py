@@ -2,16 +2,15 @@
 
 from comfy_api.latest import ComfyExtension
 
-from .elite_core import comfy_catversion, comfy_concepts, comfy_scoring
-from .elite_core.comfy_adapter import register_model_folder
+from .elite_core.comfyui import catversion, concepts, elite, scoring
 from .nodes import ELITE_NODES
 
 WEB_DIRECTORY = "./web"  # web/docs/<node id>.md: the frontend's help page of each node
 
-register_model_folder()
-comfy_catversion.register_model_folder()
-comfy_concepts.register_concept_folder()
-comfy_scoring.register_model_folder()
+elite.register_model_folder()
+catversion.register_model_folder()
+concepts.register_concept_folder()
+scoring.register_model_folder()
 
 
 class ELITEExtension(ComfyExtension):

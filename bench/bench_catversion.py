@@ -49,8 +49,8 @@ def main(argv=None) -> int:
     from comfy_test_pack.pack_import import elite_core_module
     from comfy_test_pack.tiny_models import build_tiny_clip
 
-    catversion = elite_core_module("catversion")
-    adapter_patch = elite_core_module("comfy_catversion")
+    catversion = elite_core_module("catversion.prefix")
+    adapter_patch = elite_core_module("comfyui.catversion")
     if args.adapter:
         prefix = catversion.read_catversion_file(args.adapter)
     else:

@@ -43,7 +43,7 @@ class TextualInversionText:
     replaced by a learned vector; the prefix arguments are ignored."""
 
     def __init__(self, frozen, caption_word: str, embedding: torch.nn.Parameter):
-        from elite_core.prompt_tokens import placeholder_token_id
+        from elite_core.elite.prompt_tokens import placeholder_token_id
 
         self.frozen, self.embedding = frozen, embedding
         self.token_id = placeholder_token_id(frozen.clip.tokenize(caption_word)["l"][0], caption_word)
@@ -56,7 +56,7 @@ class TextualInversionText:
         return self.frozen.predict_noise(latents, timesteps, context)
 
     def encode_caption(self, keys, values):
-        from elite_core.prompt_tokens import inject_words
+        from elite_core.elite.prompt_tokens import inject_words
 
         tokens = dict(self.frozen.tokens)
         tokens["l"], _ = inject_words(tokens["l"], self.token_id, self.embedding[None])
@@ -72,7 +72,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     setup_comfy()
     from comfy_test_pack.tiny_models import build_tiny_clip, build_tiny_sd15_model, build_tiny_vae
-    from elite_core.catversion_training import (
+
+    from elite_core.catversion.training import (
         CatVersionRecipe,
         PrefixObjective,
         StepSampler,
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
         scaled_linear_schedule,
         squash_images,
     )
-    from elite_core.comfy_catversion_training import ComfyFrozenSD1, frozen_for_autograd
+    from elite_core.comfyui.catversion_training import ComfyFrozenSD1, frozen_for_autograd
 
     torch.manual_seed(0)
     overrides = {"model_channels": 320} if args.real_unet else {}

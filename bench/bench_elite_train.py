@@ -4,7 +4,7 @@ All three run on the same real-size SD1.5 layout with RANDOM weights (diffusers 
 encoder, CLIP ViT-L/14 vision model, SD VAE), the same batch (latents, noise, timesteps, prompt
 "a photo of S") and AdamW. Textual inversion learns one token embedding at S, its gradient going
 through the frozen UNet and all text layers; the global stage trains the mapper and the 16 K/V copies
-(elite_core.elite_objectives.GlobalStage); the local stage the local mapper and its K/V with both
+(elite_core.elite.objectives.GlobalStage); the local stage the local mapper and its K/V with both
 cross-attention branches (LocalStage). The configurations take turns for ``--rounds`` rounds after
 one untimed warm-up each; the script prints the median ratio to the textual-inversion step measured
 in this one run, and the peak memory: CUDA's peak allocation per configuration on a GPU, the
@@ -62,15 +62,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args(argv)
-    from elite_core.elite_objectives import (
-        GlobalStage,
-        LocalStage,
-        injected_words,
-        new_global_mapper,
-        new_local_mapper,
-    )
-    from elite_core.mappers import OFFICIAL_WIDTHS
-    from elite_core.noise_schedule import add_noise, scaled_linear_schedule
+    from elite_core.common.noise_schedule import add_noise, scaled_linear_schedule
+    from elite_core.elite.mappers import OFFICIAL_WIDTHS
+    from elite_core.elite.objectives import GlobalStage, LocalStage, injected_words, new_global_mapper, new_local_mapper
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     unet, vae, text, vision = real_size_models(device)

@@ -10,7 +10,8 @@ Three timings, taking turns in each round so that the machine's drift hits all o
   the object image; the local mapper runs too).
 
 It prints, for ``global`` and ``global+local``, the median over rounds of each round's ratio to
-``clip`` and the ratio of the best times, measured in this one run. Mappers are written in the official widths (1024 -> 1024 -> 768) to a temporary
+``clip`` and the ratio of the best times, measured in this one run. Mappers are written in the official widths
+(1024 -> 1024 -> 768) to a temporary
 models/elite folder and loaded by the pack's own loaders.
 
     .cache/venv/bin/python bench/bench_encode.py [--rounds 5] [--threads N]
@@ -42,11 +43,12 @@ def setup_comfy(models_dir: str):
     from comfy.cli_args import args
 
     args.cpu = True
-    import comfy.model_management  # noqa: F401
-    import folder_paths
     from comfy_test_pack.pack_import import elite_core_module
 
-    adapter = elite_core_module("comfy_adapter")
+    import comfy.model_management  # noqa: F401
+    import folder_paths
+
+    adapter = elite_core_module("comfyui.elite")
     adapter.register_model_folder()
     folder_paths.add_model_folder_path("elite", models_dir, is_default=True)
     return comfy_dir, adapter
@@ -54,8 +56,9 @@ def setup_comfy(models_dir: str):
 
 def real_size_clip_vision(comfy_dir: str, seed: int = 0):
     """CLIP ViT-L/14 vision (ComfyUI's own config and classes), seeded random weights, fp32."""
-    import comfy.clip_vision
     from comfy_test_pack.tiny_models import seeded_init_
+
+    import comfy.clip_vision
 
     clip_vision = comfy.clip_vision.ClipVisionModel(os.path.join(comfy_dir, "comfy", "clip_vision_config_vitl.json"))
     clip_vision.model.to(torch.float32)
@@ -67,7 +70,7 @@ def write_official_size_mappers(folder: str) -> tuple[str, str]:
     from comfy_test_pack.pack_import import elite_core_module
     from comfy_test_pack.tiny_models import tiny_mapper_state_dict
 
-    checkpoint = elite_core_module("checkpoint")
+    checkpoint = elite_core_module("elite.checkpoint")
     names = []
     for seed, kind in ((10, "global"), (11, "local")):
         state = tiny_mapper_state_dict(seed, input_dim=1024, hidden_dim=1024, model_channels=320)

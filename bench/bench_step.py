@@ -43,10 +43,11 @@ def setup_comfy():
 
 def build_inputs(seed: int = 0):
     """A real-size SD1.5 UNet, a random concept with official mapper widths, and CFG contexts."""
-    import comfy.model_patcher
-    import comfy.supported_models
     from comfy_test_pack.pack_import import elite_core_module
     from comfy_test_pack.tiny_models import seeded_init_, tiny_sd15_unet_config
+
+    import comfy.model_patcher
+    import comfy.supported_models
 
     concept_mod, mappers, sites = (elite_core_module(m) for m in ("concept", "mappers", "sites"))
     cpu = torch.device("cpu")
@@ -67,14 +68,14 @@ def build_inputs(seed: int = 0):
                                     models=(comfy.model_patcher.ModelPatcher(site_kv, cpu, cpu),))
     concept = concept_mod.ELITEConcept(words=torch.randn(1, 5, 768, generator=gen), global_kv=random_kv(), local=local)
     positive_ctx, negative_ctx = torch.randn(2, 1, 77, 768, generator=gen)
-    positive = [[positive_ctx, {elite_core_module("comfy_adapter").PLACEHOLDER_KEY: positive_ctx[:, 5].clone()}]]
+    positive = [[positive_ctx, {elite_core_module("comfyui.elite").PLACEHOLDER_KEY: positive_ctx[:, 5].clone()}]]
     return model, concept, positive, torch.cat([negative_ctx, positive_ctx])
 
 
 def configure(model, concept, positive, config: str):
     from comfy_test_pack.pack_import import elite_core_module
 
-    adapter = elite_core_module("comfy_adapter")
+    adapter = elite_core_module("comfyui.elite")
     if config == "global":
         return adapter.apply_global_kv(model, concept)
     if config == "global+local":
@@ -114,14 +115,15 @@ def attn2_seconds(model, context, size: int, reps: int = 5) -> tuple[float, floa
 
     Many repetitions of these small calls time ELITE's extra work far more steadily than whole steps.
     """
-    from comfy.ldm.modules.attention import optimized_attention
     from comfy_test_pack.pack_import import elite_core_module
+
+    from comfy.ldm.modules.attention import optimized_attention
 
     options = model.model_options["transformer_options"]
     (probe,) = options["patches"]["attn2_patch"]
     gen = torch.Generator().manual_seed(3)
     plain = elite = 0.0
-    for site in elite_core_module("sites").SD1_ATTN2_SITES:
+    for site in elite_core_module("elite.sites").SD1_ATTN2_SITES:
         side = size // 8 // site.base_channels_mult // (2 if site.block[0] == "middle" else 1)
         channels = 320 * site.base_channels_mult
         q = torch.randn(2, side * side, channels, generator=gen)

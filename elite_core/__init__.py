@@ -1,4 +1,6 @@
-"""ELITE core: mappers, checkpoint IO, preprocessing and prompt injection in plain torch.
+"""What ComfyUI imports: the maths of each method in plain torch, and the ComfyUI glue on top.
 
-Only ``comfy_adapter`` imports ComfyUI; the other modules run anywhere torch does.
+``common/`` (pure helpers every method uses) → ``elite/``, ``catversion/``, ``evaluation/`` (each
+method's maths and file formats, pure, none importing another) → ``comfyui/`` (the only modules
+that import ComfyUI). ``tests/test_layout.py`` keeps these rules.
 """

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from elite_core.example_concepts import IMAGE_EXTENSIONS
+from elite_core.common.files import IMAGE_EXTENSIONS
 
 LIVE_CLASSES = ("dog", "cat")  # DreamBench's live subjects; they get the live prompt list
 # For folders without their own prompts: short re-contextualisations, in DreamBench's template form.

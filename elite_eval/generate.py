@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from elite_core.eval_encoders import comfy_images_to_pil
-from elite_core.example_concepts import read_image, read_mask
+from elite_core.common.files import read_image, read_mask
+from elite_core.common.images import images_to_pil
 
 from .benchmark import Benchmark, Subject
 from .methods import ELITE_PLACEHOLDER, Method
@@ -61,7 +61,7 @@ def save_image(image: torch.Tensor, path: Path) -> None:
     """The IMAGE as a PNG, written under a temporary name first: a stopped run leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.stem + ".partial.png")
-    comfy_images_to_pil(image)[0].save(partial)
+    images_to_pil(image)[0].save(partial)
     os.replace(partial, path)
 
 
@@ -115,19 +115,19 @@ class Generator:
                                    "Put <subject>.safetensors (or the authors' .bin) in the --catversion folder.")
 
     def _concept(self, subject: Subject, local: bool):
-        from elite_core import comfy_adapter
+        from elite_core.comfyui import elite as comfy_elite
 
         key = (subject.name, local)
         if key not in self._concepts:
             m = self.models
             image = read_image(str(subject.concept))
             mask = read_mask(str(subject.mask)) if local and subject.mask is not None else None
-            self._concepts[key] = comfy_adapter.encode_concept(
+            self._concepts[key] = comfy_elite.encode_concept(
                 m.clip_vision, m.global_mapper, image, m.local_mapper if local else None, mask)
         return self._concepts[key]
 
     def _catversion_clip(self, subject: Subject):
-        from elite_core import comfy_catversion
+        from elite_core.comfyui import catversion as comfy_catversion
 
         if subject.name not in self._clips:
             self._clips[subject.name] = comfy_catversion.apply_catversion(self.models.clip, self.models.catversion[subject.name])
@@ -135,15 +135,16 @@ class Generator:
 
     def _prepared(self, method: Method, subject: Subject, template: str):
         """(MODEL, positive, negative) of a method for one prompt, as the nodes make them."""
-        from elite_core import comfy_adapter
+        from elite_core.comfyui import elite as comfy_elite
+        from elite_core.comfyui import elite_patch
 
         m = self.models
         text = method.prompt(template, subject.class_noun)
         negative = _text_conditioning(m.clip, "")  # plain CLIP, as ELITE's and CatVersion's authors do
         if method.kind == "elite":
             concept = self._concept(subject, method.needs_local_mapper)
-            positive, _ = comfy_adapter.concept_conditioning(m.clip, concept, text, ELITE_PLACEHOLDER, all_words=False)
-            return comfy_adapter.apply_elite(m.model, concept, positive, strength=method.strength or 0.0), positive, negative
+            positive, _ = comfy_elite.concept_conditioning(m.clip, concept, text, ELITE_PLACEHOLDER, all_words=False)
+            return elite_patch.apply_elite(m.model, concept, positive, strength=method.strength or 0.0), positive, negative
         clip = self._catversion_clip(subject) if method.kind == "catversion" else m.clip
         return m.model, _text_conditioning(clip, text), negative
 
@@ -158,13 +159,10 @@ class Generator:
 
 def sample(model, vae, positive, negative, seed: int, size: int, sampling) -> torch.Tensor:
     """One image as ComfyUI's KSampler and VAE Decode make it (empty latent, seeded noise)."""
-    import comfy.sample
+    from elite_core.comfyui.runtime import sample_image
 
-    latent = torch.zeros([1, 4, size // 8, size // 8])
-    noise = comfy.sample.prepare_noise(latent, seed)
-    samples = comfy.sample.sample(model, noise, sampling.steps, sampling.cfg, sampling.sampler, sampling.scheduler,
-                                  positive, negative, latent, denoise=1.0, disable_pbar=True, seed=seed)
-    return vae.decode(samples)
+    return sample_image(model, vae, positive, negative, seed, size, sampling.steps, sampling.cfg, sampling.sampler,
+                        sampling.scheduler)
 
 
 def jobs(benchmark: Benchmark, methods: list[Method], seeds) -> list[tuple[Method, Subject, int, str, int]]:

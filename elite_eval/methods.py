@@ -6,8 +6,8 @@
     catversion        the subject's CatVersion adapter on the text encoder, the class noun in the prompt
 
 Each method samples as its authors do unless the run overrides it: ELITE (and plain SD beside it)
-LMS 50 steps at CFG 5 (elite-reference §8), CatVersion DDIM 50 uniform steps at CFG 10
-(catversion-reference §7). Every image is scored against the prompt with the class noun
+LMS 50 steps at CFG 5 (docs/reference/elite.md §8), CatVersion DDIM 50 uniform steps at CFG 10
+(docs/reference/catversion.md §7). Every image is scored against the prompt with the class noun
 (DreamBench's CLIP-T convention: the placeholder replaced by the class noun).
 """
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from elite_core.common.files import open_oriented
+
 log = logging.getLogger("elite.eval")
 
 METRIC_TITLES = {"dino_i": "DINO-I", "clip_i": "CLIP-I", "masked_clip_i": "masked CLIP-I", "clip_t": "CLIP-T"}
-# DreamBench numbers as published (peers-and-user-needs §4.3), for comparison in the report.
+# DreamBench numbers as published (docs/reference/dreambench.md, Published numbers), for comparison in the report.
 PAPER_NUMBERS = {
     "ELITE (SD v1-4), paper": {"dino_i": 0.621, "clip_i": 0.771, "clip_t": 0.293},
     "Textual Inversion (SD), listed": {"dino_i": 0.569, "clip_i": 0.780, "clip_t": 0.255},
@@ -85,8 +87,7 @@ def tradeoff_plot(scores: dict, path: Path) -> str:
 
 
 def _thumb(path: Path) -> Image.Image:
-    with Image.open(path) as img:
-        image = img.convert("RGB")
+    image = open_oriented(str(path)).convert("RGB")
     image.thumbnail((THUMB, THUMB))
     canvas = Image.new("RGB", (THUMB, THUMB), "white")
     canvas.paste(image, ((THUMB - image.width) // 2, (THUMB - image.height) // 2))

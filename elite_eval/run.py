@@ -56,19 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _in_folder(folder: str, value: str) -> str:
-    """A model name in a ComfyUI folder; a path is added to that folder and its file name returned."""
-    import folder_paths
-
-    if os.path.isfile(value):
-        folder_paths.add_model_folder_path(folder, os.path.dirname(os.path.abspath(value)))
-        return os.path.basename(value)
-    return value
-
-
 def _comfy_tokenizer(comfyui: str | None) -> str | None:
     """ComfyUI's copy of the CLIP tokenizer (comfy/sd1_tokenizer), for a CLIP given as a single file."""
-    from elite_training.comfy_runtime import SetupError, find_comfyui
+    from elite_core.comfyui.runtime import SetupError, find_comfyui
 
     try:
         folder = find_comfyui(comfyui) / "comfy" / "sd1_tokenizer"
@@ -79,12 +69,9 @@ def _comfy_tokenizer(comfyui: str | None) -> str | None:
 
 def load_models(args, benchmark, methods):
     """Load what the chosen methods need with ComfyUI's loaders and the pack's adapter."""
-    import comfy.clip_vision
-    import folder_paths
-
-    from elite_core import comfy_adapter
-    from elite_core.catversion import read_catversion_file
-    from elite_training.comfy_runtime import SetupError, load_sd1_checkpoint
+    from elite_core.catversion.prefix import read_catversion_file
+    from elite_core.comfyui import elite as comfy_elite
+    from elite_core.comfyui.runtime import SetupError, load_clip_vision, load_sd1_checkpoint, name_in_folder
 
     from .generate import Models, RunError
 
@@ -99,17 +86,16 @@ def load_models(args, benchmark, methods):
     if "elite" in kinds:
         if not (args.clip_vision and args.global_mapper):
             raise RunError("ELITE methods need --clip-vision (CLIP ViT-L/14) and --global-mapper.")
-        vision_path = args.clip_vision if os.path.isfile(args.clip_vision) else \
-            folder_paths.get_full_path("clip_vision", args.clip_vision)
-        if not vision_path:
-            raise RunError(f"CLIP vision '{args.clip_vision}' was not found (as a path or in models/clip_vision).")
-        models.clip_vision = comfy.clip_vision.load(vision_path)
-        comfy_adapter.register_model_folder()
-        models.global_mapper = comfy_adapter.load_global_mapper(_in_folder("elite", args.global_mapper))
+        try:
+            models.clip_vision = load_clip_vision(args.clip_vision)
+        except SetupError as exc:
+            raise RunError(str(exc)) from None
+        comfy_elite.register_model_folder()
+        models.global_mapper = comfy_elite.load_global_mapper(name_in_folder("elite", args.global_mapper))
         if any(m.needs_local_mapper for m in methods):
             if not args.local_mapper:
                 raise RunError("elite-local@λ needs --local-mapper.")
-            models.local_mapper = comfy_adapter.load_local_mapper(_in_folder("elite", args.local_mapper))
+            models.local_mapper = comfy_elite.load_local_mapper(name_in_folder("elite", args.local_mapper))
     if "catversion" in kinds:
         if not args.catversion or not os.path.isdir(args.catversion):
             raise RunError("catversion needs --catversion FOLDER with one adapter per subject (<subject>.safetensors "
@@ -128,7 +114,7 @@ def main(argv=None) -> int:
     import torch
 
     logging.basicConfig(level=logging.INFO, format="[eval] %(message)s")
-    from elite_core.input_checks import ELITEInputError
+    from elite_core.common.checks import ELITEInputError
 
     from .benchmark import BenchmarkError, read_benchmark
     from .generate import RunError, RunSettings, generate
@@ -144,7 +130,7 @@ def main(argv=None) -> int:
         scorers = load_scorers(args.clip, args.dino, args.tokenizer or _comfy_tokenizer(args.comfyui), device)
         scorers.masked_crop = args.masked_crop
         if not args.skip_generation:
-            from elite_training.comfy_runtime import SetupError, find_comfyui, start_comfyui
+            from elite_core.comfyui.runtime import SetupError, find_comfyui, start_comfyui
 
             try:
                 start_comfyui(find_comfyui(args.comfyui), cpu=args.cpu)

@@ -1,4 +1,4 @@
-"""Scoring a run's images with the papers' metrics (``elite_core.eval_metrics``), and its outputs.
+"""Scoring a run's images with the papers' metrics (``elite_core.evaluation.metrics``), and its outputs.
 
 Per image: CLIP-T against the prompt with the class noun; CLIP-I and DINO-I as the mean over the
 subject's real photos; masked CLIP-I with the photos' backgrounds filled white (their masks), and
@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from elite_core.eval_encoders import ClipEncoder, EvalModelError, ImageEncoder, comfy_images_to_pil, load_encoder
-from elite_core.eval_metrics import aggregate, cosine_matrix, masked_view
-from elite_core.example_concepts import read_image, read_mask
+from elite_core.common.files import open_oriented, read_image, read_mask
+from elite_core.common.images import images_to_pil
+from elite_core.evaluation.encoders import ClipEncoder, EvalModelError, ImageEncoder, load_encoder
+from elite_core.evaluation.metrics import aggregate, cosine_matrix, masked_view
 
 from .benchmark import Benchmark, Subject
 from .generate import RunSettings, image_path
@@ -60,12 +61,11 @@ def load_scorers(clip: str | None, dino: str | None, tokenizer_dir: str | None =
 
 
 def _pil(path: Path) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    return open_oriented(str(path)).convert("RGB")
 
 
 def _masked_pil(image_path_: Path, mask_path: Path, crop: bool) -> Image.Image:
-    return comfy_images_to_pil(masked_view(read_image(str(image_path_))[0], read_mask(str(mask_path))[0], crop))[0]
+    return images_to_pil(masked_view(read_image(str(image_path_))[0], read_mask(str(mask_path))[0], crop))[0]
 
 
 def _subject_references(subject: Subject, scorers: Scorers) -> dict[str, torch.Tensor]:
@@ -138,7 +138,7 @@ def score_run(benchmark: Benchmark, methods: list[Method], settings: RunSettings
 
 
 def summarise(images: list[dict]) -> dict:
-    """Each metric aggregated prompts → subjects → seeds (elite_core.eval_metrics.aggregate)."""
+    """Each metric aggregated prompts → subjects → seeds (elite_core.evaluation.metrics.aggregate)."""
     summary = {}
     metrics = sorted({key for image in images for key in image} - {"subject", "prompt_index", "seed", "prompt", "file"})
     for metric in metrics:

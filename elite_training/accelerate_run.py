@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from accelerate import Accelerator
 
-from elite_core.catversion_training import TrainingRun
+from elite_core.catversion.training import TrainingRun
 
 
 class AccelerateRun(TrainingRun):

@@ -11,8 +11,9 @@ import logging
 from importlib.util import find_spec
 from pathlib import Path
 
-from .comfy_runtime import SetupError, find_comfyui
-from .elite_data import DataError
+from elite_core.comfyui.runtime import SetupError, find_comfyui
+
+from .data.objects import DataError
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
     accelerate launch -m elite_training.catversion --checkpoint v1-5-pruned-emaonly.safetensors \\
         --images photos/teddybear --class-word teddybear
 
-It runs the training node's implementation (``elite_core.comfy_catversion_training``) on models
+It runs the training node's implementation (``elite_core.comfyui.catversion_training``) on models
 loaded by ComfyUI's own loader, so the adapter it saves is the one CatVersion Apply runs. With N
 processes each takes ``--batch-size`` images per step (the global batch is N x that); the
 learning rate defaults to the paper's 0.005 x the global batch. Every process draws the same
@@ -19,19 +19,17 @@ import sys
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 
-from elite_core.example_concepts import IMAGE_EXTENSIONS
-from elite_core.input_checks import ELITEInputError
-
-from .comfy_runtime import SetupError, find_comfyui, load_sd1_checkpoint, start_comfyui
+from elite_core.comfyui.runtime import SetupError, find_comfyui, load_sd1_checkpoint, start_comfyui
+from elite_core.common.checks import ELITEInputError
+from elite_core.common.files import IMAGE_EXTENSIONS, open_oriented
 
 log = logging.getLogger("elite.catversion.train")
 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from elite_core.catversion_training import BASE_LEARNING_RATE, CatVersionRecipe
+    from elite_core.catversion.training import BASE_LEARNING_RATE, CatVersionRecipe
 
     recipe = CatVersionRecipe()
     p = argparse.ArgumentParser(prog="python -m elite_training.catversion", description=__doc__.split("\n\n")[0],
@@ -64,8 +62,7 @@ def load_image_folder(folder: str) -> list[torch.Tensor]:
     images = []
     for name in names:
         try:
-            with Image.open(os.path.join(folder, name)) as img:
-                rgb = ImageOps.exif_transpose(img).convert("RGB")  # as ComfyUI's Load Image
+            rgb = open_oriented(os.path.join(folder, name)).convert("RGB")  # as ComfyUI's Load Image
         except OSError as exc:
             raise SetupError(f"'{name}' in {folder!r} cannot be read as an image ({exc}).") from None
         images.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)[None])
@@ -73,7 +70,7 @@ def load_image_folder(folder: str) -> list[torch.Tensor]:
 
 
 def recipe_from_args(args: argparse.Namespace, num_processes: int):
-    from elite_core.catversion_training import BASE_LEARNING_RATE, CatVersionRecipe
+    from elite_core.catversion.training import BASE_LEARNING_RATE, CatVersionRecipe
 
     global_batch = args.batch_size * num_processes
     lr = args.learning_rate if args.learning_rate is not None else BASE_LEARNING_RATE * global_batch
@@ -83,7 +80,7 @@ def recipe_from_args(args: argparse.Namespace, num_processes: int):
 
 def train(accelerator, model, clip, vae, images, recipe, output: str | None, filename_prefix: str):
     """Train on every process; the main process saves the adapter (and, on Ctrl-C, the prefix so far)."""
-    from elite_core import comfy_catversion_training as training
+    from elite_core.comfyui import catversion_training as training
 
     from .accelerate_run import AccelerateRun
 
@@ -94,7 +91,7 @@ def train(accelerator, model, clip, vae, images, recipe, output: str | None, fil
     def save(prefix, steps_done):
         if output and steps_done == recipe.steps:
             path = output
-            training.write_atomically(prefix, path, training.adapter_metadata(recipe, steps_done, len(images)))
+            training.save_adapter_atomically(prefix, path, training.adapter_metadata(recipe, steps_done, len(images)))
         else:
             path = training.save_trained_adapter(prefix, filename_prefix, recipe, steps_done, len(images))
         log.info("saved %s", path)
@@ -127,7 +124,7 @@ def main(argv=None) -> int:
         images = load_image_folder(args.images)
         accelerator = Accelerator(cpu=args.cpu)
         start_comfyui(comfy_dir, cpu=accelerator.device.type == "cpu")
-        from elite_core.comfy_catversion_training import check_filename_prefix
+        from elite_core.comfyui.catversion_training import check_filename_prefix
 
         name = check_filename_prefix(args.class_word or "catversion_concept")
         recipe = recipe_from_args(args, accelerator.num_processes).checked()

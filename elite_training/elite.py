@@ -9,21 +9,20 @@ on a CPU, one GPU, several GPUs or several machines (data parallel).
 ``--pretrained`` is an SD1.x diffusers folder (unet/, vae/, text_encoder/, tokenizer/) or a single-file
 ``.safetensors`` checkpoint, and ``--image-encoder`` a CLIP ViT-L/14 vision folder (transformers
 layout); all load offline. ``--data`` is a plain folder, Open Images V6 or WebDataset shards
-(:mod:`elite_training.prepare_data`). Defaults are the reference's (§9.3): batch 4 (global) /
+(:mod:`elite_training.prepare_data`). Defaults are the reference's (docs/reference/elite.md §9.3): batch 4 (global) /
 2 (local) per process, gradient accumulation 4, AdamW (0.9, 0.999, wd 1e-2) at 1e-6 / 1e-5 x total
 batch, constant, clipping at 1.0, 512 px, a mapper file every 200 steps. Gradient accumulation is
 accelerate's (one all-reduce per optimizer step).
 
-The maths is ``elite_core.elite_objectives`` (``GlobalStage``, ``LocalStage``): the same
-cross-attention and injection the nodes run. Every sample's draws (which image, augmentations, caption, noise, timestep) come from the
-seed and its place in the global batch, so N processes x batch b train as 1 process x N*b, and a
-run resumed from a checkpoint continues exactly as if it had not stopped.
+The maths is ``elite_core.elite.objectives`` (``GlobalStage``, ``LocalStage``): the same
+cross-attention and injection the nodes run. Every sample's draws (which image, augmentations,
+caption, noise, timestep) come from the seed and its place in the global batch, so N processes x
+batch b train as 1 process x N*b, and a run resumed from a checkpoint continues exactly as if it had not stopped.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import os
@@ -33,26 +32,25 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from elite_core.checkpoint import MapperFormatError, load_mapper_state_dict, save_mapper_safetensors, write_atomically
-from elite_core.elite_objectives import (
+from elite_core.elite.mappers import MapperWidths
+from elite_core.elite.objectives import (
     LOSS_NORMALISATIONS,
     GlobalStage,
     LocalStage,
     attn2_modules,
     new_global_mapper,
     new_local_mapper,
-    posterior_sample,
 )
-from elite_core.mappers import GlobalMapper, MapperWidths, build_mapper
-from elite_core.noise_schedule import NUM_TRAIN_TIMESTEPS
-from elite_core.sites import SD1_ATTN2_SITES
-from elite_core.taming_objectives import IdentityLoss
+from elite_core.elite.sites import SD1_ATTN2_SITES
+from elite_core.elite.taming import IdentityLoss
 
 from .base_models import load_models
-from .caption_data import CaptionDataset
+from .data import LAYOUTS, open_dataset
+from .data.batches import micro_batch, vae_downscale
+from .data.captions import CaptionDataset
+from .data.objects import DataError
+from .elite_checkpoints import agree_on_start, find_resume, load_global_mapper, save_mapper
 from .elite_validation import save_validation, tensorboard_logging, tensorboard_tracker, validation_images, validation_samples
-from .elite_data import DataError, reference_placeholder_index, sample_generator
-from .prepare_data import LAYOUTS, open_dataset
 from .stopping import StopRequest, TrainingStopped
 
 log = logging.getLogger("elite.train")
@@ -125,130 +123,6 @@ def mapper_widths(unet, vision) -> MapperWidths:
     kv = tuple(attn2_modules(unet)[site.ckpt_prefix].to_k.weight.shape[0] for site in SD1_ATTN2_SITES)
     return MapperWidths(input_dim=vision.config.hidden_size, hidden_dim=vision.config.hidden_size,
                         output_dim=unet.config.cross_attention_dim, kv_dims=kv)
-
-
-def vae_downscale(vae) -> int:
-    """Pixels per latent of a diffusers AutoencoderKL (8 for the SD VAE)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-@functools.lru_cache(maxsize=4)
-def epoch_order(seed: int, epoch: int, size: int) -> list[int]:
-    return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
-
-
-PLAIN_STREAM = 104_729  # seeds the plain caption batches apart from the concept batches
-
-
-def micro_batch(dataset, tokenizer, vae, step: int, micro: int, config, rank: int, world: int, device, dtype,
-                plain_data=None):
-    """The samples of this process in micro-step ``micro`` of optimizer step ``step``, with their draws
-    (and, with ``plain_data``, as many plain caption samples under ``plain``)."""
-    per_step = config.batch_size * config.gradient_accumulation * world
-    first = (micro * world + rank) * config.batch_size
-    rows, plain_rows = [], []
-    for position in range(first, first + config.batch_size):
-        counter = step * per_step + position
-        index = epoch_order(config.seed, counter // len(dataset), len(dataset))[counter % len(dataset)]
-        gen = sample_generator(config.seed, step, position)
-        rows.append((dataset.sample(index, gen), *diffusion_draws(vae, config.resolution, gen)))
-        if plain_data is not None:
-            index = epoch_order(config.seed + PLAIN_STREAM, counter // len(plain_data), len(plain_data))[counter % len(plain_data)]
-            gen = sample_generator(config.seed + PLAIN_STREAM, step, position)
-            plain_rows.append((plain_data.sample(index), *diffusion_draws(vae, config.resolution, gen)))
-    batch, captions = diffusion_batch(rows, tokenizer, vae, device, dtype)
-    stack = lambda name: torch.stack([getattr(row[0], name) for row in rows]).to(device, dtype)  # noqa: E731
-    batch.update(pixels_clip=stack("pixels_clip"),
-                 placeholder_index=torch.tensor([reference_placeholder_index(c) for c in captions], device=device))
-    if config.stage == "local":
-        batch.update(pixels_object=stack("pixels_object"), object_segmentation=stack("object_segmentation"),
-                     mask=torch.stack([row[0].mask for row in rows]).to(device))
-    if plain_rows:
-        batch["plain"] = diffusion_batch(plain_rows, tokenizer, vae, device, dtype)[0]
-    return batch
-
-
-def diffusion_draws(vae, resolution: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """A sample's posterior noise, diffusion noise and timestep."""
-    latent = resolution // vae_downscale(vae)
-    shape = (vae.config.latent_channels, latent, latent)
-    return torch.randn(shape, generator=gen), torch.randn(shape, generator=gen), int(torch.randint(NUM_TRAIN_TIMESTEPS, (1,), generator=gen))
-
-
-def diffusion_batch(rows, tokenizer, vae, device, dtype) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """latents (a posterior sample of each row's pixels), noise, timesteps and input_ids of (sample, draws) rows."""
-    captions = [row[0].caption for row in rows]
-    ids = tokenizer(captions, padding="max_length", truncation=True, max_length=77, return_tensors="pt").input_ids
-    pixels = torch.stack([row[0].pixels for row in rows]).to(device, dtype)
-    with torch.no_grad():
-        latents = posterior_sample(vae, pixels, torch.stack([row[1] for row in rows]).to(device, dtype)).float()
-    return dict(latents=latents, noise=torch.stack([row[2] for row in rows]).to(device),
-                timesteps=torch.tensor([row[3] for row in rows], device=device), input_ids=ids.to(device)), captions
-
-
-def trained_mapper(stage) -> torch.nn.Module:
-    return stage.mapper if isinstance(stage, GlobalStage) else stage.local_mapper
-
-
-def save_mapper(accelerator, stage, path: str, step: int, config) -> None:
-    """The trained mapper as a safetensors file the loader nodes read (kind, stage, step and base model
-    in its metadata) and, with ``--export-pt``, in the official ``.pt`` layout beside it."""
-    state = {k: v.float().contiguous() for k, v in trained_mapper(accelerator.unwrap_model(stage)).state_dict().items()}
-    metadata = {"stage": config.stage, "step": str(step), "base_model": os.path.basename(os.path.normpath(config.pretrained)),
-                "trainer": "elite-personalize elite_training.elite"}
-    write_atomically(path, lambda partial: save_mapper_safetensors(state, partial, kind=config.stage, metadata=metadata))
-    if config.export_pt:
-        write_atomically(official_pt_path(path, config.stage, step if path.endswith(f"{step:06d}.safetensors") else None),
-                         lambda partial: torch.save(state, partial))
-
-
-def official_pt_path(path: str, stage: str, step: int | None) -> str:
-    """The reference's file names: mapper[_<step>].pt (global), local_mapper[_<step>].pt (local)."""
-    name = "mapper" if stage == "global" else "local_mapper"
-    return os.path.join(os.path.dirname(path), f"{name}_{step:06d}.pt" if step is not None else f"{name}.pt")
-
-
-def load_global_mapper(path: str, widths: MapperWidths) -> GlobalMapper:
-    """The trained global mapper (MLPs and K/V) the local stage starts from; it must fit the base model."""
-    try:
-        state, found = load_mapper_state_dict(path, kind="global")
-    except (MapperFormatError, OSError) as exc:
-        raise DataError(f"--global-mapper: {exc}") from None
-    if found != widths:
-        raise DataError(f"--global-mapper {path!r} has widths {found}, but the base models need {widths}: train the "
-                        "global stage on the same --pretrained and --image-encoder first.")
-    return build_mapper(GlobalMapper, state, widths).float()
-
-
-def find_resume(config) -> tuple[str | None, int]:
-    """The checkpoint folder to resume from (None: start afresh) and its step."""
-    if not config.resume:
-        return None, 0
-    if config.resume == "latest":
-        out = config.output_dir
-        found = [d for d in os.listdir(out) if d.startswith("checkpoint-") and os.path.isfile(os.path.join(out, d, "elite_step.json"))] \
-            if os.path.isdir(out) else []  # a checkpoint is complete once its elite_step.json is written
-        if not found:
-            return None, 0
-        folder = os.path.join(out, max(found, key=lambda d: int(d.split("-")[1])))
-    else:
-        folder = config.resume
-    try:
-        with open(os.path.join(folder, "elite_step.json")) as f:
-            return folder, int(json.load(f)["step"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"--resume {config.resume!r}: {folder!r} is not a finished checkpoint (its elite_step.json "
-                        f"cannot be read: {exc}). Pass a checkpoint-<step> folder of a run, or 'latest'.") from None
-
-
-def agree_on_start(accelerator, start: int) -> None:
-    """Every process must resume from the same step; they would not where --output-dir is not on storage
-    all machines share (only the main process writes a checkpoint's model and step)."""
-    starts = [int(s) for s in accelerator.gather(torch.tensor([start], device=accelerator.device)).tolist()]
-    if len(set(starts)) > 1:
-        raise DataError(f"The processes found different checkpoints to resume from (steps {starts}, by process): "
-                        "put --output-dir on storage that every machine shares, so that all of them read the "
-                        "checkpoint the main process wrote.")
 
 
 def train(accelerator, models, dataset, config) -> str:

@@ -1,5 +1,5 @@
 """Validation images for the ELITE trainer, sampled from the mappers being trained with the reference's
-settings (elite-reference §8, §9.3): "a photo of a S" with w0 injected, the unconditional prompt ""
+settings (docs/reference/elite.md §8, §9.3): "a photo of a S" with w0 injected, the unconditional prompt ""
 without injection, separate conditional and unconditional UNet passes, CFG 5, diffusers'
 LMSDiscreteScheduler (scaled-linear β 0.00085 → 0.012) for 100 steps, the latent noise from a CPU
 generator seeded with ``seed``, VAE decode of z / 0.18215. The local stage adds its local branch, at
@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from elite_core.checkpoint import write_atomically
-from elite_core.elite_objectives import LATENT_SCALE, injected_words, object_token_mask, vision_features
+from elite_core.common.files import write_atomically
+from elite_core.elite.objectives import LATENT_SCALE, injected_words, object_token_mask, vision_features
 
-from .elite_data import PLACEHOLDER, sample_generator
+from .data.samples import PLACEHOLDER, sample_generator
 
 log = logging.getLogger("elite.train.validation")
 

@@ -1,11 +1,9 @@
-"""Open ELITE training data in any of its layouts, and prepare it.
+"""Prepare ELITE training data (the layouts are opened by :func:`elite_training.data.open_dataset`).
 
     python -m elite_training.prepare_data bboxes <open-images-root> [--split test]
         the reference's mask-box step (cal_bbox_by_seg) for the local stage
     python -m elite_training.prepare_data shards <data> <out> --stage global|local [--samples-per-shard 1000]
         WebDataset shards from a folder or an Open Images layout, for one stage
-
-``--data`` of the trainer takes any of the three layouts; :func:`open_dataset` tells them apart.
 """
 
 from __future__ import annotations
@@ -15,27 +13,12 @@ import logging
 import os
 import sys
 
-from .elite_data import STAGES, DataError, FolderDataset, ObjectDataset
-from .open_images import OpenImagesDataset, is_open_images, write_bbox_dict
-from .shards import ShardDataset, is_shard_set, write_shards
+from .data import open_dataset
+from .data.objects import STAGES, DataError
+from .data.open_images import write_bbox_dict
+from .data.shards import write_shards
 
-LAYOUTS = ("auto", "folder", "openimages", "shards")
 log = logging.getLogger("elite.train.data")
-
-
-def open_dataset(root: str, stage: str = "global", resolution: int = 512, latent_down: int = 8,
-                 layout: str = "auto", split: str = "test") -> ObjectDataset:
-    """The dataset at ``root``: a shard set (``shards.json``), Open Images V6 (``annotations/``) or a
-    plain folder (``images/``), as ``layout`` says or as found."""
-    if not os.path.isdir(root):
-        raise DataError(f"No data folder {root!r}.")
-    if layout == "auto":
-        layout = "shards" if is_shard_set(root) else "openimages" if is_open_images(root) else "folder"
-    if layout == "shards":
-        return ShardDataset(root, resolution, stage, latent_down)
-    if layout == "openimages":
-        return OpenImagesDataset(root, resolution, stage, latent_down, split)
-    return FolderDataset(root, resolution, stage, latent_down)
 
 
 def main(argv=None) -> int:

@@ -5,10 +5,11 @@ import logging
 
 import torch
 import torch.nn.functional as F
+
 from comfy_api.latest import io, ui
 
-from ..elite_core import comfy_adapter
-from ..elite_core.attention_maps import overlay
+from ..elite_core.comfyui import elite_patch
+from ..elite_core.elite.attention_maps import overlay
 from .elite_types import CATEGORY, schema
 
 log = logging.getLogger("elite")
@@ -17,7 +18,7 @@ log = logging.getLogger("elite")
 def attention_mask(model, samples: dict, images: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(MASK (b, H, W), IMAGE (b, H, W, 3)): the recorded map at the image's size (the latent's x 8
     without images) and the overlay (the map in grey without images)."""
-    recorder = comfy_adapter.attention_recorder(model)
+    recorder = elite_patch.attention_recorder(model)
     if recorder is None:
         raise ValueError("ELITE Attention Map: this MODEL records no attention map. Turn on 'attention_map' in "
                          "ELITE Attention Patch (with λ above 0 and a local mapper) and connect its MODEL here.")

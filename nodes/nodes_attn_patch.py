@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-from ..elite_core import comfy_adapter
+from ..elite_core.comfyui import elite_patch
 from .elite_types import CATEGORY, ConceptType, advanced, schema
 
 
@@ -50,5 +50,5 @@ class ELITELocalAttnPatch(io.ComfyNode):
     @classmethod
     def execute(cls, model, concept, positive=None, strength=0.8, start_percent=0.0, end_percent=1.0,
                 global_kv=True, region=None, attention_map=False) -> io.NodeOutput:
-        return io.NodeOutput(comfy_adapter.apply_elite(model, concept, positive, strength, start_percent, end_percent,
-                                                       global_kv, attention_map, region))
+        return io.NodeOutput(elite_patch.apply_elite(model, concept, positive, strength, start_percent, end_percent,
+                                                     global_kv, attention_map, region))

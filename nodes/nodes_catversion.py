@@ -3,8 +3,9 @@ learn a new one from a few photos."""
 
 from comfy_api.latest import io
 
-from ..elite_core import comfy_catversion, comfy_catversion_training
-from ..elite_core.catversion_training import CatVersionRecipe
+from ..elite_core.catversion.training import CatVersionRecipe
+from ..elite_core.comfyui import catversion as comfy_catversion
+from ..elite_core.comfyui import catversion_training as comfy_catversion_training
 from .elite_types import CATVERSION_CATEGORY, CatVersionType
 
 
@@ -51,7 +52,8 @@ class CatVersionApply(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="An SD1.x CLIP (keep the last layer at -1: the prefixes sit in layers 9-11)."),
                 CatVersionType.Input("catversion"),
                 io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.05,
-                               tooltip="1 = the paper. Multiplies the prefix's attention weight before the softmax; 0 removes it."),
+                               tooltip="1 = the paper. Multiplies the prefix's attention weight before the softmax; "
+                                       "0 removes it."),
             ],
             outputs=[io.Clip.Output()],
         )

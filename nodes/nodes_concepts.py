@@ -3,8 +3,8 @@ again without encoding; the primary word also as a textual-inversion embedding."
 
 from comfy_api.latest import io, ui
 
-from ..elite_core import comfy_concepts
-from ..elite_core.input_checks import ELITEInputError
+from ..elite_core.comfyui import concepts as comfy_concepts
+from ..elite_core.common.checks import ELITEInputError
 from .elite_types import CATEGORY, ConceptType, GlobalMapperType, LocalMapperType, schema
 
 

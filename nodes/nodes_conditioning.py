@@ -2,7 +2,8 @@
 
 from comfy_api.latest import io
 
-from ..elite_core import comfy_adapter
+from ..elite_core.comfyui import elite as comfy_elite
+from ..elite_core.common.checks import ELITEInputError
 from .elite_types import CATEGORY, ConceptType, advanced, schema
 
 WORD_MODES = ("primary word", "all five words")
@@ -63,9 +64,9 @@ class ELITEConditioning(io.ComfyNode):
                 placeholder_2: str = "T") -> io.NodeOutput:
         problem = _unknown_words_mode(words)
         if problem:
-            raise comfy_adapter.ELITEInputError(problem)
+            raise ELITEInputError(problem)
         more = [(concept_2, placeholder_2)] if concept_2 is not None else []
-        conditioning, _ = comfy_adapter.concept_conditioning(
+        conditioning, _ = comfy_elite.concept_conditioning(
             clip, concept, text, placeholder, all_words=(words == WORD_MODES[1]), more=more
         )
         return io.NodeOutput(conditioning)

@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-from ..elite_core import comfy_adapter
+from ..elite_core.comfyui import elite as comfy_elite
 from .elite_types import CATEGORY, ConceptType, GlobalMapperType, LocalMapperType, advanced, schema
 
 
@@ -27,7 +27,8 @@ class ELITEEncoder(io.ComfyNode):
                 LocalMapperType.Input("local_mapper", optional=True, tooltip="Adds ELITE's local mapping."),
                 io.Mask.Input(
                     "mask", optional=True,
-                    tooltip="Object mask, 1 on the object (used by the local mapping). Without a mask the whole image is the object.",
+                    tooltip="Object mask, 1 on the object (used by the local mapping). "
+                            "Without a mask the whole image is the object.",
                 ),
                 io.Boolean.Input(
                     "invert_mask", default=False, **advanced(),
@@ -40,5 +41,5 @@ class ELITEEncoder(io.ComfyNode):
     @classmethod
     def execute(cls, clip_vision, global_mapper, image, local_mapper=None, mask=None, invert_mask=False) -> io.NodeOutput:
         return io.NodeOutput(
-            comfy_adapter.encode_concept(clip_vision, global_mapper, image, local_mapper, mask, invert_mask)
+            comfy_elite.encode_concept(clip_vision, global_mapper, image, local_mapper, mask, invert_mask)
         )

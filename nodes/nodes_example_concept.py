@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-from ..elite_core import example_concepts
+from ..elite_core.elite import examples
 from .elite_types import CATEGORY
 
 
@@ -18,16 +18,16 @@ class ELITEExampleConcept(io.ComfyNode):
                 "mask (1 on the object), so the example workflows run as they are. Replace it with Load Image "
                 "for your own concept."
             ),
-            inputs=[io.Combo.Input("example", options=list(example_concepts.EXAMPLES), default="cat")],
+            inputs=[io.Combo.Input("example", options=list(examples.EXAMPLES), default="cat")],
             outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
         )
 
     @classmethod
     def validate_inputs(cls, example) -> bool | str:
-        if example is None or example in example_concepts.EXAMPLES:
+        if example is None or example in examples.EXAMPLES:
             return True
-        return f"example must be one of {list(example_concepts.EXAMPLES)}, got {example!r}."
+        return f"example must be one of {list(examples.EXAMPLES)}, got {example!r}."
 
     @classmethod
     def execute(cls, example="cat") -> io.NodeOutput:
-        return io.NodeOutput(*example_concepts.load_example(example))
+        return io.NodeOutput(*examples.load_example(example))

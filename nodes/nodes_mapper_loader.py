@@ -7,7 +7,7 @@ pack's message: where it looked, what is there, where to put the file.
 
 from comfy_api.latest import io
 
-from ..elite_core import comfy_adapter
+from ..elite_core.comfyui import elite as comfy_elite
 from .elite_types import CATEGORY, GlobalMapperType, LocalMapperType
 
 
@@ -18,14 +18,14 @@ class _MapperLoader(io.ComfyNode):
     def mapper_input(cls) -> io.Combo.Input:
         return io.Combo.Input(
             "mapper_name",
-            options=comfy_adapter.mapper_file_names(),
+            options=comfy_elite.mapper_file_names(),
             tooltip=f"The {cls.KIND} mapper file in models/elite ({cls.KIND}_mapper.pt or its .safetensors conversion).",
         )
 
     @classmethod
     def validate_inputs(cls, mapper_name) -> bool | str:
         # None: the name comes from a link and is only known when the node runs (execute checks it then).
-        return mapper_name is None or comfy_adapter.missing_mapper_message(mapper_name, cls.KIND) or True
+        return mapper_name is None or comfy_elite.missing_mapper_message(mapper_name, cls.KIND) or True
 
 
 class ELITEGlobalMapperLoader(_MapperLoader):
@@ -48,7 +48,7 @@ class ELITEGlobalMapperLoader(_MapperLoader):
 
     @classmethod
     def execute(cls, mapper_name: str) -> io.NodeOutput:
-        return io.NodeOutput(comfy_adapter.load_global_mapper(mapper_name))
+        return io.NodeOutput(comfy_elite.load_global_mapper(mapper_name))
 
 
 class ELITELocalMapperLoader(_MapperLoader):
@@ -70,4 +70,4 @@ class ELITELocalMapperLoader(_MapperLoader):
 
     @classmethod
     def execute(cls, mapper_name: str) -> io.NodeOutput:
-        return io.NodeOutput(comfy_adapter.load_local_mapper(mapper_name))
+        return io.NodeOutput(comfy_elite.load_local_mapper(mapper_name))

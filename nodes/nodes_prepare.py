@@ -3,7 +3,7 @@ the encoder sees."""
 
 from comfy_api.latest import io, ui
 
-from ..elite_core import concept_prep
+from ..elite_core.elite import concept_prep
 from .elite_types import CATEGORY, advanced, schema
 
 

@@ -3,7 +3,7 @@ image (CLIP-I, DINO-I, masked CLIP-I) and the prompt (CLIP-T), so settings can b
 
 from comfy_api.latest import io, ui
 
-from ..elite_core import comfy_scoring
+from ..elite_core.comfyui import scoring as comfy_scoring
 from .elite_types import CATEGORY, advanced, schema
 
 NOT_SCORED = "-1 when not scored (no model for it, no reference mask, or an empty prompt)."

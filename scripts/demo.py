@@ -78,7 +78,7 @@ def prepare_base(base: Path, models: Path, real: dict | None, image: Path | None
     if real is None:
         elite_dir = base / "models" / "elite"
         elite_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = elite_core_module("checkpoint")
+        checkpoint = elite_core_module("elite.checkpoint")
         checkpoint.save_mapper_safetensors(tiny_mapper_state_dict(seed=10), str(elite_dir / RANDOM_GLOBAL), kind="global")
         checkpoint.save_mapper_safetensors(tiny_mapper_state_dict(seed=11), str(elite_dir / RANDOM_LOCAL), kind="local")
     else:

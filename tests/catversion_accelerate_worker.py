@@ -22,8 +22,8 @@ sys.path.insert(0, str(REPO / "tests"))
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
+from elite_core.comfyui.runtime import find_comfyui, start_comfyui  # noqa: E402
 from elite_training import catversion as cli  # noqa: E402
-from elite_training.comfy_runtime import find_comfyui, start_comfyui  # noqa: E402
 
 
 def main(out: str, batch: int, steps: int) -> None:
@@ -32,7 +32,8 @@ def main(out: str, batch: int, steps: int) -> None:
     start_comfyui(find_comfyui(os.environ["ELITE_COMFYUI_DIR"]), cpu=True,
                   base_directory=tempfile.mkdtemp(prefix="catversion-accelerate-"))
     from comfy_test_pack.tiny_models import build_tiny_clip, build_tiny_sd15_model, build_tiny_vae
-    from elite_core.catversion_training import CatVersionRecipe
+
+    from elite_core.catversion.training import CatVersionRecipe
 
     model, clip, vae = build_tiny_sd15_model(seed=0), build_tiny_clip(seed=1, real_size=True), build_tiny_vae(seed=2)
     images = torch.rand(3, 72, 88, 3, generator=torch.Generator().manual_seed(4))

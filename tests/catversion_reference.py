@@ -1,5 +1,5 @@
 """CatVersion's prefixed CLIP-L text encoder, restated from the reference document with explicit
-matmuls and softmax (no ComfyUI code, no attention kernels): catversion-reference.md §2-§4.
+matmuls and softmax (no ComfyUI code, no attention kernels): docs/reference/catversion.md §2-§4.
 
 * The flat official vector is [K9|V9|K10|V10|K11|V11] (P = 1): block 2j is layer 9+j's key row,
   block 2j+1 its value row.

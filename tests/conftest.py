@@ -47,6 +47,7 @@ from comfy.cli_args import args  # noqa: E402
 args.cpu = True
 args.base_directory = str(BASE_DIR)
 import utils.extra_config  # noqa: E402,F401  (must precede `nodes`, which shadows `utils`)
+
 import comfy.model_management  # noqa: E402,F401
 import folder_paths  # noqa: E402,F401
 import nodes  # noqa: E402
@@ -62,12 +63,12 @@ test_pack = sys.modules[str(TEST_PACK_LINK).replace(".", "_x_")]
 sys.modules["elite_test_pack"] = test_pack
 for _name in ("tiny_models", "pack_import", "workflows", "comfy_server"):
     sys.modules[f"elite_test_pack.{_name}"] = importlib.import_module(f"{test_pack.__name__}.{_name}")
-from elite_test_pack.pack_import import alias_loaded_pack  # noqa: E402
 from elite_test_pack import tiny_models  # noqa: E402
+from elite_test_pack.pack_import import alias_loaded_pack  # noqa: E402
 
 alias_loaded_pack()
 _GLOBAL_STATE = tiny_models.tiny_mapper_state_dict(seed=10)
-from comfyui_elite.elite_core.checkpoint import save_mapper_safetensors  # noqa: E402
+from comfyui_elite.elite_core.elite.checkpoint import save_mapper_safetensors  # noqa: E402
 
 save_mapper_safetensors(_GLOBAL_STATE, str(ELITE_MODELS / TINY_GLOBAL_MAPPER), kind="global")
 torch.save(_GLOBAL_STATE, str(ELITE_MODELS / TINY_GLOBAL_MAPPER_PT))
@@ -166,9 +167,9 @@ def local_mapper_state() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="session")
 def local_mapper():
-    from comfyui_elite.elite_core import comfy_adapter
+    from comfyui_elite.elite_core.comfyui import elite as comfy_elite
 
-    return comfy_adapter.load_local_mapper(TINY_LOCAL_MAPPER)
+    return comfy_elite.load_local_mapper(TINY_LOCAL_MAPPER)
 
 
 @pytest.fixture(scope="session")
@@ -196,9 +197,9 @@ def tiny_clip_vision():
 
 @pytest.fixture(scope="session")
 def global_mapper():
-    from comfyui_elite.elite_core import comfy_adapter
+    from comfyui_elite.elite_core.comfyui import elite as comfy_elite
 
-    return comfy_adapter.load_global_mapper(TINY_GLOBAL_MAPPER)
+    return comfy_elite.load_global_mapper(TINY_GLOBAL_MAPPER)
 
 
 @pytest.fixture(scope="session")

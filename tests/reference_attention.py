@@ -1,4 +1,4 @@
-"""An independent re-statement of ELITE's modified cross-attention (elite-reference §7), written
+"""An independent re-statement of ELITE's modified cross-attention (docs/reference/elite.md §7), written
 the way the reference code computes it: explicit matmuls and softmax, heads folded batch-major,
 one image at a time (the reference runs the conditional pass with batch 1).
 

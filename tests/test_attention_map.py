@@ -8,12 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from comfyui_elite.elite_core import attn2_patches, comfy_adapter
-from comfyui_elite.elite_core.attention_maps import AttentionRecorder, layer_grid
-from comfyui_elite.nodes.nodes_attention_map import ELITEAttentionMap
 from elite_fixtures import cfg_batch, unet_eps
 from test_local_attention import elite  # noqa: F401  (the encoded concept and its prompts, a fixture)
+
+from comfyui_elite.elite_core.comfyui import elite_patch
+from comfyui_elite.elite_core.elite import attn2_patches
+from comfyui_elite.elite_core.elite.attention_maps import AttentionRecorder, layer_grid
+from comfyui_elite.nodes.nodes_attention_map import ELITEAttentionMap
+
 
 def restated_map(calls, index, latent):
     """Per call: heads split, softmax over the text tokens of q.k / sqrt(d), the column of S, divided
@@ -33,7 +35,7 @@ def restated_map(calls, index, latent):
 
 
 def test_the_map_is_the_placeholders_attention_averaged_over_layers(tiny_model, elite, monkeypatch):
-    patched = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], 0.8, record_attention=True)
+    patched = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], 0.8, record_attention=True)
     calls = []
     real = attn2_patches.local_term
 
@@ -45,7 +47,7 @@ def test_the_map_is_the_placeholders_attention_averaged_over_layers(tiny_model, 
     x, context = cfg_batch(elite["pos"], elite["neg"], [1, 0], 2)
     unet_eps(patched, x, context, [1, 0], sigma=5.0)
     assert len(calls) == 16
-    recorded = comfy_adapter.attention_recorder(patched).mean()
+    recorded = elite_patch.attention_recorder(patched).mean()
     assert recorded.shape == (2, 16, 16)
     expected = restated_map(calls, elite["index"], (16, 16))
     torch.testing.assert_close(recorded, expected, rtol=1e-4, atol=1e-5)
@@ -54,15 +56,15 @@ def test_the_map_is_the_placeholders_attention_averaged_over_layers(tiny_model, 
 
 def test_recording_changes_nothing_and_costs_nothing_when_off(tiny_model, elite):
     x, context = cfg_batch(elite["pos"], elite["neg"], [1, 0], 1)
-    off = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], 0.8)
-    on = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], 0.8, record_attention=True)
-    assert comfy_adapter.attention_recorder(off) is None
+    off = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], 0.8)
+    on = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], 0.8, record_attention=True)
+    assert elite_patch.attention_recorder(off) is None
     assert torch.equal(unet_eps(on, x, context, [1, 0], sigma=5.0), unet_eps(off, x, context, [1, 0], sigma=5.0))
 
 
 def test_no_placeholder_gives_no_map_and_a_new_run_starts_a_new_map(tiny_model, elite):
-    patched = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], 0.8, record_attention=True)
-    recorder = comfy_adapter.attention_recorder(patched)
+    patched = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], 0.8, record_attention=True)
+    recorder = elite_patch.attention_recorder(patched)
     x, context = cfg_batch(elite["neg"], elite["neg"], [1, 0], 1)  # a positive prompt without S
     unet_eps(patched, x, context, [1, 0], sigma=5.0)
     assert recorder.mean() is None
@@ -79,7 +81,7 @@ def test_no_placeholder_gives_no_map_and_a_new_run_starts_a_new_map(tiny_model, 
 
 
 def test_the_node_gives_a_mask_at_image_size_and_an_overlay(tiny_model, elite):
-    patched = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], 0.8, record_attention=True)
+    patched = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], 0.8, record_attention=True)
     x, context = cfg_batch(elite["pos"], elite["neg"], [1, 0], 1)
     unet_eps(patched, x, context, [1, 0], sigma=5.0)
     images = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(1))
@@ -103,8 +105,8 @@ def test_layer_grids_follow_the_unet_levels():
 def test_moving_the_placeholder_in_the_context_moves_nothing_spatially(tiny_model, elite):
     """The map follows the placeholder's token wherever it sits: with S's context vector swapped
     with another token's (attention has no notion of key order), the map is the same."""
-    patched = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], 0.8, record_attention=True)
-    recorder = comfy_adapter.attention_recorder(patched)
+    patched = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], 0.8, record_attention=True)
+    recorder = elite_patch.attention_recorder(patched)
     x, context = cfg_batch(elite["pos"], elite["neg"], [1, 0], 1)
     unet_eps(patched, x, context, [1, 0], sigma=5.0)
     before = recorder.mean().clone()

@@ -13,15 +13,15 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import BASE_DIR, ELITE_MODELS, TINY_GLOBAL_MAPPER, TINY_GLOBAL_MAPPER_PT, TINY_LOCAL_MAPPER
 from PIL import Image
 from safetensors.torch import save_file
-
-from comfyui_elite.elite_core.checkpoint import save_mapper_safetensors
-from comfyui_elite.nodes.nodes_attn_patch import ELITELocalAttnPatch
-from conftest import BASE_DIR, ELITE_MODELS, TINY_GLOBAL_MAPPER, TINY_GLOBAL_MAPPER_PT, TINY_LOCAL_MAPPER
-from elite_test_pack.tiny_models import tiny_mapper_state_dict
 from test_workflows import submit as validate_and_run
 from test_workflows import tiny_prompt
+
+from comfyui_elite.elite_core.elite.checkpoint import save_mapper_safetensors
+from comfyui_elite.nodes.nodes_attn_patch import ELITELocalAttnPatch
+from elite_test_pack.tiny_models import tiny_mapper_state_dict
 
 SAVE, CKPT, GLOBAL_LOADER, LOAD_IMAGE, ENCODER, CONDITIONING, PATCH, LOCAL_LOADER = "12", "1", "3", "4", "5", "6", "8", "13"
 
@@ -253,14 +253,14 @@ def test_non_finite_pixels_are_refused(good_pixels, defect):
 
 
 def test_non_finite_mask_is_refused(tiny_clip_vision, global_mapper, local_mapper, concept_image):
-    from comfyui_elite.elite_core import comfy_adapter
+    from comfyui_elite.elite_core.comfyui import elite as comfy_elite
 
     mask = torch.ones(1, 96, 128)
     mask[0, 3, 4] = math.nan
-    with pytest.raises(comfy_adapter.ELITEInputError, match=r"The object MASK contains 1 non-finite values"):
-        comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, mask)
-    with pytest.raises(comfy_adapter.ELITEInputError, match=r"The object MASK is empty"):
-        comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, torch.ones(1, 0, 5))
+    with pytest.raises(comfy_elite.ELITEInputError, match=r"The object MASK contains 1 non-finite values"):
+        comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, mask)
+    with pytest.raises(comfy_elite.ELITEInputError, match=r"The object MASK is empty"):
+        comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, torch.ones(1, 0, 5))
 
 
 def test_two_pixel_image_is_still_encoded(good_pixels):

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from catversion_reference import official_flat_to_layers, reference_text_encoder
+from conftest import CATVERSION_MODELS, COMFY_DIR
 from PIL import Image, ImageOps
 
 import comfy.model_management
-from catversion_reference import official_flat_to_layers, reference_text_encoder
-from comfyui_elite.elite_core import comfy_catversion_training as training
-from comfyui_elite.elite_core.catversion import CatVersionPrefix, prefixes_from_flat, read_catversion_file
-from comfyui_elite.elite_core.catversion_training import (
+
+from comfyui_elite.elite_core.catversion.prefix import CatVersionPrefix, prefixes_from_flat, read_catversion_file
+from comfyui_elite.elite_core.catversion.training import (
     CatVersionRecipe,
     PrefixObjective,
     StepDraw,
@@ -28,9 +29,9 @@ from comfyui_elite.elite_core.catversion_training import (
     scaled_linear_schedule,
     squash_images,
 )
-from comfyui_elite.elite_core.input_checks import ELITEInputError
+from comfyui_elite.elite_core.comfyui import catversion_training as training
+from comfyui_elite.elite_core.common.checks import ELITEInputError
 from comfyui_elite.nodes.nodes_catversion import CatVersionApply, CatVersionLoader, CatVersionTrain
-from conftest import CATVERSION_MODELS, COMFY_DIR
 from elite_test_pack.tiny_models import build_tiny_clip, build_tiny_sd15_model, build_tiny_vae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +113,7 @@ def test_one_step_loss_equals_the_reference_formula(sd1, photos, record_parity):
             objective = PrefixObjective(frozen, flat, (9, 10, 11), mean, std, scaled_linear_schedule())
             loss = objective(draw)
 
-            # The reference (catversion-reference §6), written out: x0 from the data loader, a sample of
+            # The reference (docs/reference/catversion.md §6), written out: x0 from the data loader, a sample of
             # the VAE posterior times 0.18215, q_sample with the float32 sqrt(alphas_cumprod) tables, the
             # prefixed CLIP restated in float64, the UNet's epsilon, and the mean over every element.
             alphas_cumprod = reference_alphas_cumprod()
@@ -145,7 +146,7 @@ def test_one_step_loss_equals_the_reference_formula(sd1, photos, record_parity):
 
 def held_out_loss(sd1, photos, prefix) -> float:
     """Mean loss of ``prefix`` over 8 fixed draws of 2 samples (the same draws for every prefix)."""
-    from comfyui_elite.elite_core.catversion import flat_from_prefixes
+    from comfyui_elite.elite_core.catversion.prefix import flat_from_prefixes
 
     model, clip, vae = sd1
     with torch.inference_mode(False), torch.no_grad():

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfyui_elite.elite_core import convert
-from comfyui_elite.elite_core.checkpoint import (
+from comfyui_elite.elite_core.elite import convert
+from comfyui_elite.elite_core.elite.checkpoint import (
     MapperFormatError,
     load_mapper_state_dict,
     read_mapper_kind,
     save_mapper_safetensors,
 )
-from comfyui_elite.elite_core.mappers import OFFICIAL_WIDTHS, GlobalMapper, LocalMapper, expected_keys
+from comfyui_elite.elite_core.elite.mappers import OFFICIAL_WIDTHS, GlobalMapper, LocalMapper, expected_keys
 from elite_test_pack.tiny_models import tiny_mapper_state_dict
 
 REPO = Path(__file__).resolve().parents[1]

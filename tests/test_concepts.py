@@ -8,13 +8,15 @@ import os
 
 import pytest
 import torch
+from conftest import BASE_DIR
+from elite_fixtures import cfg_batch, unet_eps
 from safetensors.torch import save_file
 
 import folder_paths
-from comfyui_elite.elite_core import comfy_adapter
+
+from comfyui_elite.elite_core.comfyui import elite as comfy_elite
+from comfyui_elite.elite_core.comfyui import elite_patch
 from comfyui_elite.nodes.nodes_concepts import ELITELoadConcept, ELITESaveConcept
-from conftest import BASE_DIR
-from elite_fixtures import cfg_batch, unet_eps
 
 PROMPT = "a photo of S on the beach"
 
@@ -23,13 +25,13 @@ PROMPT = "a photo of S on the beach"
 def encoded(tiny_clip_vision, global_mapper, local_mapper, concept_image):
     mask = torch.zeros(1, 96, 128)
     mask[:, 16:80, 24:104] = 1.0
-    return comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, mask)
+    return comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, mask)
 
 
 def eps(model, clip, concept):
-    positive, _ = comfy_adapter.concept_conditioning(clip, concept, PROMPT, "S", all_words=False)
+    positive, _ = comfy_elite.concept_conditioning(clip, concept, PROMPT, "S", all_words=False)
     negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))[0][0]
-    patched = comfy_adapter.apply_elite(model, concept, positive, 0.8)
+    patched = elite_patch.apply_elite(model, concept, positive, 0.8)
     x, context = cfg_batch(positive[0][0], negative, [1, 0], 1)
     return unet_eps(patched, x, context, [1, 0])
 
@@ -47,19 +49,20 @@ def test_save_then_load_gives_the_same_concept_and_eps(encoded, global_mapper, l
     assert torch.equal(loaded.local.tokens, encoded.local.tokens)
     assert torch.equal(eps(tiny_model, tiny_clip, loaded), eps(tiny_model, tiny_clip, encoded))
     # the comparison can fail: another concept gives another eps
-    other = comfy_adapter.ELITEConcept(words=encoded.words + 0.5, global_kv=encoded.global_kv, local=encoded.local)
+    other = comfy_elite.ELITEConcept(words=encoded.words + 0.5, global_kv=encoded.global_kv, local=encoded.local)
     assert not torch.equal(eps(tiny_model, tiny_clip, other), eps(tiny_model, tiny_clip, encoded))
 
 
 def test_the_exported_embedding_gives_elite_conditionings_text_conditioning(encoded):
     import nodes
+
     from elite_test_pack.tiny_models import build_tiny_clip
 
     tiny_clip = build_tiny_clip(seed=1, embedding_directory=folder_paths.get_folder_paths("embeddings"))
     ELITESaveConcept.execute(encoded, "as_embedding", True)
     assert os.path.isfile(os.path.join(folder_paths.get_folder_paths("embeddings")[0], "as_embedding_00001.safetensors"))
     (core,) = nodes.CLIPTextEncode().encode(tiny_clip, "a photo of embedding:as_embedding_00001 on the beach")
-    positive, _ = comfy_adapter.concept_conditioning(tiny_clip, encoded, PROMPT, "S", all_words=False)
+    positive, _ = comfy_elite.concept_conditioning(tiny_clip, encoded, PROMPT, "S", all_words=False)
     assert core[0][0].shape == positive[0][0].shape
     torch.testing.assert_close(core[0][0], positive[0][0], rtol=0, atol=1e-6)
     plain = nodes.CLIPTextEncode().encode(tiny_clip, PROMPT)[0]
@@ -68,7 +71,7 @@ def test_the_exported_embedding_gives_elite_conditionings_text_conditioning(enco
 
 def test_other_mappers_and_bad_files_are_refused_with_names(encoded, global_mapper, local_mapper):
     (name,) = ELITESaveConcept.execute(encoded, "strict", False).result
-    other = comfy_adapter.LoadedMapper(**{**vars(global_mapper), "kv": {**global_mapper.kv, **{
+    other = comfy_elite.LoadedMapper(**{**vars(global_mapper), "kv": {**global_mapper.kv, **{
         p: (w + 0.01, v) for p, (w, v) in list(global_mapper.kv.items())[:1]}}, "name": "other.safetensors"})
     with pytest.raises(ValueError, match="different weights: load"):
         ELITELoadConcept.execute(name, other, local_mapper)

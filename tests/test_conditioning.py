@@ -1,13 +1,13 @@
-"""ELITEConditioning against an independent text-encoder computation (reference §6)."""
+"""ELITEConditioning against an independent text-encoder computation (docs/reference/elite.md §6)."""
 
 import pytest
 import torch
+from conftest import COMFY_DIR
 from transformers import CLIPTokenizer
 
-from comfyui_elite.elite_core import comfy_adapter
-from comfyui_elite.elite_core.concept import ELITEConcept
+from comfyui_elite.elite_core.comfyui import elite as comfy_elite
+from comfyui_elite.elite_core.elite.concept import ELITEConcept
 from comfyui_elite.nodes.nodes_conditioning import ELITEConditioning
-from conftest import COMFY_DIR
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_prompt_weight_on_the_placeholder_is_kept(tiny_clip, concept, hf_tokeniz
 def test_placeholder_in_the_second_chunk_of_a_long_prompt(tiny_clip, concept):
     filler = " ".join(["red"] * 80)
     text = f"{filler} S in a garden"
-    cond, injection = comfy_adapter.concept_conditioning(tiny_clip, concept, text, "S", all_words=False)
+    cond, injection = comfy_elite.concept_conditioning(tiny_clip, concept, text, "S", all_words=False)
     base = plain(tiny_clip, text)
     assert cond[0][0].shape == base.shape == (1, 154, 768)
     assert injection.index >= 77
@@ -97,17 +97,17 @@ def test_placeholder_in_the_second_chunk_of_a_long_prompt(tiny_clip, concept):
 
 
 def test_every_occurrence_is_replaced_and_the_last_is_the_index(tiny_clip, concept):
-    _, injection = comfy_adapter.concept_conditioning(tiny_clip, concept, "S next to S", "S", all_words=False)
+    _, injection = comfy_elite.concept_conditioning(tiny_clip, concept, "S next to S", "S", all_words=False)
     assert injection.positions == (1, 4)
     assert injection.index == 4
 
 
 def test_placeholder_is_matched_as_a_token_not_a_substring(tiny_clip, concept):
     # "S," is found (punctuation splits), "Sam" is a different token and is not.
-    _, injection = comfy_adapter.concept_conditioning(tiny_clip, concept, "a photo of S, smiling", "S", False)
+    _, injection = comfy_elite.concept_conditioning(tiny_clip, concept, "a photo of S, smiling", "S", False)
     assert injection.positions == (4,)
-    with pytest.raises(comfy_adapter.ELITEInputError, match="The prompt has no placeholder 'S'"):
-        comfy_adapter.concept_conditioning(tiny_clip, concept, "a photo of Sam", "S", False)
+    with pytest.raises(comfy_elite.ELITEInputError, match="The prompt has no placeholder 'S'"):
+        comfy_elite.concept_conditioning(tiny_clip, concept, "a photo of Sam", "S", False)
 
 
 def test_custom_placeholder(tiny_clip, concept):
@@ -126,13 +126,13 @@ def test_custom_placeholder(tiny_clip, concept):
     ],
 )
 def test_unusable_placeholders_are_refused(tiny_clip, concept, placeholder, message):
-    with pytest.raises(comfy_adapter.ELITEInputError, match=message.replace("(", r"\(")):
+    with pytest.raises(comfy_elite.ELITEInputError, match=message.replace("(", r"\(")):
         encode(tiny_clip, concept, f"a photo of {placeholder}", placeholder=placeholder)
 
 
 def test_five_words_that_do_not_fit_the_chunk_are_refused(tiny_clip, concept):
     text = " ".join(["red"] * 73) + " S"
-    with pytest.raises(comfy_adapter.ELITEInputError, match="too close to the end of a 77-token chunk"):
+    with pytest.raises(comfy_elite.ELITEInputError, match="too close to the end of a 77-token chunk"):
         encode(tiny_clip, concept, text, words="all five words")
 
 
@@ -141,11 +141,11 @@ def test_non_sd1_clip_is_refused(concept):
         def tokenize(self, text):
             return {"g": [[(49406, 1.0)]], "l": [[(49406, 1.0)]]}
 
-    with pytest.raises(comfy_adapter.ELITEInputError, match=r"text encoders \['g', 'l'\]; ELITE works with Stable Diffusion 1.x"):
+    with pytest.raises(comfy_elite.ELITEInputError, match=r"text encoders \['g', 'l'\]; ELITE works with Stable Diffusion 1.x"):
         encode(SDXLClip(), concept, "a photo of S")
 
 
 def test_mapper_width_must_match_sd1_text_width(tiny_clip, global_mapper):
     narrow = ELITEConcept(words=torch.zeros(1, 5, 1024), global_kv=global_mapper.kv)
-    with pytest.raises(comfy_adapter.ELITEInputError, match="1024 wide; SD1.x CLIP needs 768"):
+    with pytest.raises(comfy_elite.ELITEInputError, match="1024 wide; SD1.x CLIP needs 768"):
         encode(tiny_clip, narrow, "a photo of S")

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-
-from comfyui_elite.elite_core import comfy_adapter
-from comfyui_elite.elite_core.diffusers_attention import install_elite
 from elite_fixtures import cfg_batch, unet_eps
+
+from comfyui_elite.elite_core.comfyui import elite as comfy_elite
+from comfyui_elite.elite_core.comfyui import elite_patch
+from comfyui_elite.elite_core.elite.diffusers_attention import install_elite
 from elite_test_pack.tiny_models import build_tiny_sd15_model, seeded_init_, tiny_sd15_unet_config
 
 diffusers = pytest.importorskip("diffusers")
@@ -39,8 +40,8 @@ def twins():
 
 @pytest.fixture(scope="module")
 def elite(tiny_clip, tiny_clip_vision, global_mapper, local_mapper, concept_image):
-    concept = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper)
-    positive, injection = comfy_adapter.concept_conditioning(tiny_clip, concept, "a photo of S", "S", False)
+    concept = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper)
+    positive, injection = comfy_elite.concept_conditioning(tiny_clip, concept, "a photo of S", "S", False)
     negative = tiny_clip.encode_from_tokens_scheduled(tiny_clip.tokenize(""))[0][0]
     return concept, positive, negative, injection.index, local_mapper.kv
 
@@ -64,7 +65,7 @@ def test_elite_agrees_through_both_integrations(twins, elite, cond_or_uncond, re
     unet, comfy_model = twins
     concept, positive, negative, index, local_kv = elite
     x, context = cfg_batch(positive[0][0], negative, cond_or_uncond, 2)
-    patched = comfy_adapter.apply_elite(comfy_model, concept, positive, 0.8)
+    patched = elite_patch.apply_elite(comfy_model, concept, positive, 0.8)
     comfy_eps = unet_eps(patched, x, context, cond_or_uncond)
 
     twin = tiny_diffusers_unet()

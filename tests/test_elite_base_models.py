@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from conftest import COMFY_DIR
+from safetensors.torch import load_file, save_file
+from test_elite_training import build_training_models
+
 from elite_test_pack.tiny_models import (
     build_tiny_clip,
     build_tiny_sd15_model,
@@ -22,14 +23,13 @@ from elite_test_pack.tiny_models import (
     seeded_init_,
     tiny_sd15_unet_config,
 )
-from test_elite_training import build_training_models
 
 pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyUI code
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from elite_training.base_models import SD15_CONFIG, load_models  # noqa: E402
-from elite_training.elite_data import DataError  # noqa: E402
+from elite_training.data.objects import DataError  # noqa: E402
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -206,8 +206,8 @@ def test_text_encoder_keys_without_the_text_model_level(tiny, tmp_path):
 
 def test_the_tokenizer_lookup_without_an_importable_comfyui(tiny, tmp_path, monkeypatch):
     """Not importable: ComfyUI is looked for as the trainers do ($COMFYUI_DIR, the pack's ComfyUI)."""
+    import elite_core.comfyui.runtime as comfy_runtime
     import elite_training.base_models as base_models
-    import elite_training.comfy_runtime as comfy_runtime
 
     monkeypatch.setattr(base_models, "find_spec", lambda name: None)
     monkeypatch.setattr(comfy_runtime, "PACK_DIR", tmp_path / "custom_nodes" / "pack")
@@ -232,10 +232,11 @@ def shapes(state: dict) -> dict[str, tuple]:
 def test_shipped_sd15_configs_match_comfyui_sd15_layout():
     """Real-size SD1.5 models built on the meta device from the shipped JSON configs have exactly the
     weights (names and shapes) that diffusers' converters make of ComfyUI's SD1.5 UNet, VAE and CLIP-L."""
+    from accelerate import init_empty_weights
+
     import comfy.model_detection
     import comfy.sd1_clip
     import comfy.supported_models
-    from accelerate import init_empty_weights
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
     with init_empty_weights():

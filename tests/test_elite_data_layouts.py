@@ -21,8 +21,10 @@ pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyU
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from elite_training.elite_data import DataError, sample_generator  # noqa: E402
-from elite_training.prepare_data import main as prepare, open_dataset  # noqa: E402
+from elite_training.data import open_dataset  # noqa: E402
+from elite_training.data.objects import DataError  # noqa: E402
+from elite_training.data.samples import sample_generator  # noqa: E402
+from elite_training.prepare_data import main as prepare  # noqa: E402
 
 # (id, width, height, object rows [top, bottom), object columns [left, right))
 OBJECTS = [("a1", 256, 128, (10, 120), (40, 180)),

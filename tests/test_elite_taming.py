@@ -1,4 +1,4 @@
-"""The Taming-Encoder options of ELITE training (elite_core.taming_objectives), and gradient
+"""The Taming-Encoder options of ELITE training (elite_core.elite.taming), and gradient
 checkpointing: each term against a re-statement written here, on tiny seeded RANDOM models."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-
 from test_elite_training import (  # noqa: F401  (fixtures)
     PROMPTS,
     batch,
@@ -20,8 +19,8 @@ from test_elite_training import (  # noqa: F401  (fixtures)
     widths,
 )
 
-from comfyui_elite.elite_core.elite_objectives import GlobalStage, LocalStage, new_global_mapper, new_local_mapper
-from comfyui_elite.elite_core.taming_objectives import IdentityLoss
+from comfyui_elite.elite_core.elite.objectives import GlobalStage, LocalStage, new_global_mapper, new_local_mapper
+from comfyui_elite.elite_core.elite.taming import IdentityLoss
 
 pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyUI code
 
@@ -66,7 +65,7 @@ def test_identity_loss_equals_its_restatement_and_leaves_noisy_samples_out(model
 
 
 def _context(stage, batch):
-    from comfyui_elite.elite_core.elite_objectives import injected_words, vision_features
+    from comfyui_elite.elite_core.elite.objectives import injected_words, vision_features
 
     unet, text, vision = stage._frozen
     words = stage.mapper(vision_features(vision, batch["pixels_clip"]))
@@ -109,7 +108,7 @@ def test_plain_caption_batches_add_their_weighted_eps_mse_through_the_trained_kv
     twin = copy.deepcopy(unet)
     from diffusers.models.attention_processor import AttnProcessor
 
-    from comfyui_elite.elite_core.elite_objectives import attn2_modules
+    from comfyui_elite.elite_core.elite.objectives import attn2_modules
 
     twin.set_attn_processor(AttnProcessor())
     for prefix, attn in attn2_modules(twin).items():

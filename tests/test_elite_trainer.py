@@ -17,24 +17,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import BASE_DIR, COMFY_DIR, ELITE_MODELS
 from PIL import Image
 from safetensors.torch import load_file
-
-from conftest import BASE_DIR, COMFY_DIR, ELITE_MODELS
 from test_elite_training import build_training_models
 
 pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyUI code
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from elite_core.elite_objectives import new_global_mapper  # noqa: E402
+from elite_core.elite.objectives import new_global_mapper  # noqa: E402
+from elite_training.data.folder import FolderDataset
+from elite_training.data.samples import reference_caption, reference_placeholder_index, sample_generator
 from elite_training.elite import mapper_widths  # noqa: E402
-from elite_training.elite_data import (  # noqa: E402
-    FolderDataset,
-    reference_caption,
-    reference_placeholder_index,
-    sample_generator,
-)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +70,7 @@ def test_folder_data_is_seeded_and_skips_unreadable_files(data):
     assert a.pixels.shape == (3, 64, 64) and a.pixels_clip.shape == (3, 224, 224)
     # the object box: obj0's mask covers columns 19..47 and rows 20..59, padded by 10 px
     assert a.pixels.abs().max() <= 1.0
-    # the reference's caption and index quirks (elite-reference §1.1, §9.1)
+    # the reference's caption and index quirks (docs/reference/elite.md §1.1, §9.1)
     assert reference_caption("the photo of a {}") == "ahe photo of a S"
     assert reference_placeholder_index("a photo of a S") == 5
     assert reference_placeholder_index("a close-up photo of a S") == 6  # a word index used as a token index
@@ -254,7 +249,7 @@ def object_data(tmp_path_factory) -> Path:
 
 
 def test_local_folder_data_follows_the_reference_augmentation(object_data):
-    from elite_training.elite_data import LocalFolderDataset
+    from elite_training.data.folder import LocalFolderDataset
 
     dataset = LocalFolderDataset(str(object_data), resolution=64, latent_down=2)
     assert len(dataset) == 2 and dataset.skipped == 2
@@ -287,8 +282,9 @@ def test_bf16_global_stage_then_the_local_stage_train_and_run_in_comfyui(tmp_pat
     assert len(losses(local)) == 2 and all(np.isfinite(losses(local)))
     shutil.copyfile(trained_global / "global_mapper.safetensors", ELITE_MODELS / "trained_g.safetensors")
     shutil.copyfile(local / "local_mapper.safetensors", ELITE_MODELS / "trained_l.safetensors")
-    from elite_test_pack.workflows import with_tiny_models
     from test_workflows import run_prompt
+
+    from elite_test_pack.workflows import with_tiny_models
 
     api = json.loads((REPO / "tests" / "api_workflows" / "elite_global_local.json").read_text())
     executor = run_prompt(with_tiny_models(api, "trained_g.safetensors", "trained_l.safetensors"))
@@ -303,8 +299,8 @@ def test_bf16_global_stage_then_the_local_stage_train_and_run_in_comfyui(tmp_pat
 def test_resume_is_refused_when_the_processes_would_start_from_different_steps(tmp_path):
     """Only the main process writes a checkpoint's model and step, so machines that do not share
     --output-dir would resume from different steps (and then hang in their collectives): refused."""
-    from elite_training.elite import agree_on_start, find_resume
-    from elite_training.elite_data import DataError
+    from elite_training.data.objects import DataError
+    from elite_training.elite_checkpoints import agree_on_start, find_resume
 
     class Processes:  # what accelerate's gather returns when the processes hold these values
         device = torch.device("cpu")

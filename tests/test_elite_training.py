@@ -1,5 +1,5 @@
 """ELITE's global training stage on tiny diffusers/transformers models in the SD1.x layouts: the loss
-against the reference (elite-reference §6, §7, §9.2) restated here, frozen weights, learning."""
+against the reference (docs/reference/elite.md §6, §7, §9.2) restated here, frozen weights, learning."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import copy
 
 import pytest
 import torch
+from test_diffusers_twin import tiny_diffusers_unet
 
-from comfyui_elite.elite_core.elite_objectives import (
+from comfyui_elite.elite_core.elite.mappers import MapperWidths
+from comfyui_elite.elite_core.elite.objectives import (
     GlobalStage,
     LocalStage,
     attn2_modules,
@@ -16,10 +18,8 @@ from comfyui_elite.elite_core.elite_objectives import (
     new_local_mapper,
     posterior_sample,
 )
-from comfyui_elite.elite_core.mappers import MapperWidths
-from comfyui_elite.elite_core.sites import SD1_ATTN2_SITES
+from comfyui_elite.elite_core.elite.sites import SD1_ATTN2_SITES
 from elite_test_pack.tiny_models import TINY_VISION_WIDTH, seeded_init_, tiny_clip_vision_config
-from test_diffusers_twin import tiny_diffusers_unet
 
 pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyUI code
 
@@ -86,7 +86,7 @@ def reference_features(vision, pixels):
 
 
 def reference_context(text, input_ids, index, words):
-    """The reference's injected text forward (§6): e'[k+L:77] = e[k+1:77-L+1], e'[k:k+L] = words."""
+    """The reference's injected text forward (docs/reference/elite.md §6): e'[k+L:77] = e[k+1:77-L+1], e'[k:k+L] = words."""
     raw = text.get_input_embeddings()(input_ids)
     injected = raw.clone()
     length = words.shape[1]
@@ -109,8 +109,8 @@ def reference_noisy(batch):
 
 
 def reference_global_loss(models, mapper, batch) -> torch.Tensor:
-    """§9.2 global stage, restated: the five words from blocks 24, 4, 8, 12, 16 through the mapper; the
-    reference's text forward (§6: e'[k+L:77] = e[k+1:77-L+1], e'[k:k+L] = words, then positions); a copy
+    """docs/reference/elite.md §9.2 global stage, restated: the five words from blocks 24, 4, 8, 12, 16 through the mapper; the
+    reference's text forward (docs/reference/elite.md §6: e'[k+L:77] = e[k+1:77-L+1], e'[k:k+L] = words, then positions); a copy
     of the UNet whose attn2 to_k/to_v ARE the mapper's K/V, with diffusers' own attention; the loss."""
     unet, text, vision, _, _ = models
     features = reference_features(vision, batch["pixels_clip"])
@@ -179,7 +179,7 @@ def test_global_stage_trains_only_the_mapper_and_reduces_the_loss(models, batch)
 
 
 class ReferenceLocalAttention:
-    """§7 as the reference's training step runs it: heads folded batch-major (row = b·H + h), P over
+    """docs/reference/elite.md §7 as the reference's training step runs it: heads folded batch-major (row = b·H + h), P over
     the 77 text keys with the global K/V, the placeholder column of P divided by ONE maximum over the
     whole (B·H, N) tensor, P_local over the 256 local keys, O = P V + λ (P_local ⊙ A) V_local; every
     V_local (heads folded) is kept for the value regulariser."""
@@ -213,7 +213,7 @@ class ReferenceLocalAttention:
 
 
 def reference_local_loss(models, local_mapper, global_mapper, batch, per_element=False) -> torch.Tensor:
-    """§9.2 local stage restated: w0 of the frozen global mapper, E = local mapper(object) x
+    """docs/reference/elite.md §9.2 local stage restated: w0 of the frozen global mapper, E = local mapper(object) x
     nearest-16x16 object mask, both branches at λ = 1, masked loss with the reference's normalisation
     (sum over 4 channels / mask sum over 1 channel) and 1e-4 · mean over layers of mean |V_local|."""
     unet, text, vision, _, _ = models
@@ -281,8 +281,8 @@ def test_local_stage_loss_and_gradient_equal_the_reference(models, local_batch, 
     unmasked = dict(local_batch, object_segmentation=torch.ones_like(local_batch["object_segmentation"]))
     assert abs(stage(**unmasked)[0].item() - loss.item()) > 1e-6
     assert abs(stage(**dict(local_batch, mask=torch.ones_like(local_batch["mask"])))[0].item() - loss.item()) > 1e-6
-    import comfyui_elite.elite_core.elite_objectives as objectives
-    from comfyui_elite.elite_core.local_attention import local_term
+    import comfyui_elite.elite_core.elite.objectives as objectives
+    from comfyui_elite.elite_core.elite.local_attention import local_term
 
     monkeypatch.setattr(objectives, "local_term", lambda *a, per_sample=False: local_term(*a, per_sample=True))
     assert abs(stage(**local_batch)[0].item() - loss.item()) > 1e-5  # measured: 2.9e-4

@@ -1,5 +1,5 @@
 """The trainer's validation images (elite_training.elite_validation) on tiny seeded RANDOM models: the
-sampler restated from elite-reference §8 (LMS, CFG with separate passes, w0 injected, uncond "" with
+sampler restated from docs/reference/elite.md §8 (LMS, CFG with separate passes, w0 injected, uncond "" with
 no injection and no local branch), seeding, and that sampling leaves the training stage untouched."""
 
 from __future__ import annotations
@@ -13,17 +13,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import COMFY_DIR
-from elite_test_pack.tiny_models import TINY_VISION_WIDTH
+from PIL import Image
 from test_elite_training import ReferenceLocalAttention, build_training_models, reference_context
+
+from elite_test_pack.tiny_models import TINY_VISION_WIDTH
 
 pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyUI code
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from elite_core.elite_objectives import (  # noqa: E402
+from elite_core.elite.mappers import MapperWidths  # noqa: E402
+from elite_core.elite.objectives import (
     GlobalStage,
     LocalStage,
     attn2_modules,
@@ -31,8 +32,7 @@ from elite_core.elite_objectives import (  # noqa: E402
     new_local_mapper,
     posterior_sample,
 )
-from elite_core.mappers import MapperWidths  # noqa: E402
-from elite_core.sites import SD1_ATTN2_SITES  # noqa: E402
+from elite_core.elite.sites import SD1_ATTN2_SITES  # noqa: E402
 from elite_training import elite_validation  # noqa: E402
 from elite_training.elite_validation import save_validation, validation_images  # noqa: E402
 
@@ -176,12 +176,12 @@ class RecordingVAE:
 
 
 def reference_sampling(m, cond_unet, uncond_unet, cond, guidance, seed, steps=STEPS):
-    """§8 restated with diffusers' LMSDiscreteScheduler: z = randn(seed) · σ_max; per step x = z/√(σ²+1),
+    """docs/reference/elite.md §8 restated with diffusers' LMSDiscreteScheduler: z = randn(seed) · σ_max; per step x = z/√(σ²+1),
     ε = ε_u + g (ε_c − ε_u) from two separate passes (ε = ε_c alone when g = 1), LMS step; x / 0.18215."""
     scheduler = diffusers.LMSDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                                num_train_timesteps=1000)
     scheduler.set_timesteps(steps)
-    assert abs(scheduler.timesteps[0].item() - 999.0) < 1e-4  # §8: t from 999, σ_max 14.614647
+    assert abs(scheduler.timesteps[0].item() - 999.0) < 1e-4  # docs/reference/elite.md §8: t from 999, σ_max 14.614647
     assert abs(float(scheduler.init_noise_sigma) - 14.614647) < 1e-4
     uncond_ids = m.tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
     uncond = m.text(input_ids=uncond_ids).last_hidden_state
@@ -235,7 +235,7 @@ def decoded_latents(stage, m, unet, samples, **kwargs):
 
 @torch.no_grad()
 def test_global_validation_follows_the_reference_sampler(models):
-    """CFG 5 as §8 writes it, and CFG 1 equal to sampling with the conditional prediction alone."""
+    """CFG 5 as docs/reference/elite.md §8 writes it, and CFG 1 equal to sampling with the conditional prediction alone."""
     stage, unet = global_stage(models)
     sample = make_samples()[0]
     twin = twin_with_global_kv(models.unet, stage.mapper)
@@ -250,7 +250,7 @@ def test_global_validation_follows_the_reference_sampler(models):
 
 @torch.no_grad()
 def test_local_validation_adds_the_local_branch_to_the_conditional_pass_only(models):
-    """λ = 1: the conditional pass is §7's local attention (restated in test_elite_training; batch 1, so
+    """λ = 1: the conditional pass is docs/reference/elite.md §7's local attention (restated in test_elite_training; batch 1, so
     its batch-wide gate maximum is the per-sample one of inference), the unconditional pass the global
     K/V only. λ = 0: both passes are the global branch, w0 injected."""
     stage, unet = local_stage(models)
@@ -301,7 +301,7 @@ def test_validation_samples_are_fixed_and_not_a_training_steps_draws():
     first = elite_validation.validation_samples(Dataset(), 5, seed=2)
     again = elite_validation.validation_samples(Dataset(), 2, seed=2)
     assert [i for i, _ in first] == [0, 1, 2] and all(torch.equal(a[1], b[1]) for a, b in zip(first, again))
-    from elite_training.elite_data import sample_generator
+    from elite_training.data.samples import sample_generator
 
     assert all(not torch.equal(draw, torch.rand(4, generator=sample_generator(2, step, i)))
                for i, draw in first for step in range(100))

@@ -4,16 +4,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from comfyui_elite.elite_core import comfy_adapter
-from comfyui_elite.elite_core.clip_input import (
-    CLIP_MEAN,
-    CLIP_STD,
-    select_elite_layers,
-    squash_to_clip_input,
-)
-from comfyui_elite.nodes.nodes_encoder import ELITEEncoder
 from test_mappers import reference_mlp
+
+from comfyui_elite.elite_core.comfyui import elite as comfy_elite
+from comfyui_elite.elite_core.common.images import CLIP_MEAN, CLIP_STD
+from comfyui_elite.elite_core.elite.clip_input import select_elite_layers, squash_to_clip_input
+from comfyui_elite.nodes.nodes_encoder import ELITEEncoder
 
 
 def test_squash_is_pil_bicubic_on_uint8_with_clip_normalisation(concept_image):
@@ -76,7 +72,7 @@ def hooked_block_outputs(clip_vision, pixels):
 
 
 def test_features_are_the_outputs_of_blocks_24_4_8_12_16(tiny_clip_vision, concept_image):
-    features = comfy_adapter.clip_vision_features(tiny_clip_vision, concept_image, mapper_width=64)
+    features = comfy_elite.clip_vision_features(tiny_clip_vision, concept_image, mapper_width=64)
     blocks = hooked_block_outputs(tiny_clip_vision, squash_to_clip_input(concept_image))
     for feature, block in zip(features, (24, 4, 8, 12, 16)):
         assert feature.shape == (1, 257, 64)
@@ -101,8 +97,8 @@ def test_encoder_words_equal_the_mapper_formula(tiny_clip_vision, global_mapper,
 
 def test_several_images_give_one_word_set_per_image(tiny_clip_vision, global_mapper, concept_image):
     batch = torch.cat([concept_image, concept_image.flip(2)])
-    concept = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, batch)
-    single = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image)
+    concept = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, batch)
+    single = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image)
     assert concept.num_images == 2
     torch.testing.assert_close(concept.words[:1], single.words, atol=1e-5, rtol=0)
     torch.testing.assert_close(concept.prompt_words(all_words=False), concept.words.mean(0)[:1])
@@ -114,8 +110,8 @@ def test_clip_vision_in_comfyui_default_half_storage(tiny_clip_vision, global_ma
 
     half = build_tiny_clip_vision(seed=3, stored_dtype=None)
     assert next(half.model.parameters()).dtype == torch.float16
-    ours = comfy_adapter.encode_concept(half, global_mapper, concept_image, local_mapper)
-    full = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper)
+    ours = comfy_elite.encode_concept(half, global_mapper, concept_image, local_mapper)
+    full = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper)
     assert ours.words.dtype == ours.local.tokens.dtype == torch.float32
     for got, want in ((ours.words, full.words), (ours.local.tokens, full.local.tokens)):
         assert torch.isfinite(got).all()
@@ -144,13 +140,13 @@ class _FakeVision:
     ],
 )
 def test_wrong_clip_vision_is_refused(global_mapper, concept_image, geometry, message):
-    with pytest.raises(comfy_adapter.ELITEInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        comfy_adapter.encode_concept(_FakeVision(*geometry), global_mapper, concept_image)
+    with pytest.raises(comfy_elite.ELITEInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        comfy_elite.encode_concept(_FakeVision(*geometry), global_mapper, concept_image)
 
 
 def test_non_clip_vision_model_is_refused(global_mapper, concept_image):
     class Dino:
         model = torch.nn.Linear(2, 2)
 
-    with pytest.raises(comfy_adapter.ELITEInputError, match="not a CLIP vision transformer"):
-        comfy_adapter.encode_concept(Dino(), global_mapper, concept_image)
+    with pytest.raises(comfy_elite.ELITEInputError, match="not a CLIP vision transformer"):
+        comfy_elite.encode_concept(Dino(), global_mapper, concept_image)

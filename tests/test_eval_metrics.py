@@ -10,17 +10,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import COMFY_DIR
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from comfyui_elite.elite_core.eval_encoders import (
-    ClipEncoder,
-    EvalModelError,
-    comfy_images_to_pil,
-    load_encoder,
-    preprocess_for,
-)
-from comfyui_elite.elite_core.eval_metrics import (
+from comfyui_elite.elite_core.common.images import images_to_pil as comfy_images_to_pil
+from comfyui_elite.elite_core.evaluation.encoders import ClipEncoder, EvalModelError, load_encoder, preprocess_for
+from comfyui_elite.elite_core.evaluation.metrics import (
     aggregate,
     cosine_matrix,
     crop_to_mask_box,
@@ -29,7 +25,6 @@ from comfyui_elite.elite_core.eval_metrics import (
     masked_view,
     text_similarity,
 )
-from conftest import COMFY_DIR
 from elite_test_pack.tiny_metric_models import tiny_clip as _tiny_clip
 from elite_test_pack.tiny_metric_models import tiny_dino as _tiny_dino
 from elite_test_pack.tiny_metric_models import tiny_dinov2 as _tiny_dinov2

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import COMFY_DIR, SHARED_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
 from PIL import Image, ImageDraw
 
-from conftest import COMFY_DIR, SHARED_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
 from elite_test_pack.tiny_metric_models import save_clip_folder, tiny_clip, tiny_dino
 from elite_test_pack.tiny_models import build_tiny_clip, build_tiny_clip_vision, build_tiny_sd15_model, build_tiny_vae
 
@@ -79,7 +79,7 @@ def dreambench(tmp_path_factory) -> Path:
 
 
 def _prefix(seed: int):
-    from elite_core.catversion import CatVersionPrefix
+    from elite_core.catversion.prefix import CatVersionPrefix
 
     gen = torch.Generator().manual_seed(seed)
     keys, values = (torch.randn(3, 1, 768, generator=gen) * 0.5 for _ in range(2))
@@ -88,12 +88,12 @@ def _prefix(seed: int):
 
 @pytest.fixture(scope="module")
 def models() -> Models:
-    from elite_core import comfy_adapter
+    from elite_core.comfyui import elite as comfy_elite
 
     built = Models(build_tiny_sd15_model(seed=0), build_tiny_clip(seed=7, real_size=True), build_tiny_vae(seed=2),
                    clip_vision=build_tiny_clip_vision(seed=3))
-    built.global_mapper = comfy_adapter.load_global_mapper(TINY_GLOBAL_MAPPER)
-    built.local_mapper = comfy_adapter.load_local_mapper(TINY_LOCAL_MAPPER)
+    built.global_mapper = comfy_elite.load_global_mapper(TINY_GLOBAL_MAPPER)
+    built.local_mapper = comfy_elite.load_local_mapper(TINY_LOCAL_MAPPER)
     built.catversion = {"ball": _prefix(1), "kitty": _prefix(2)}
     return built
 

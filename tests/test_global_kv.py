@@ -5,9 +5,10 @@ import copy
 import pytest
 import torch
 
-from comfyui_elite.elite_core import comfy_adapter
-from comfyui_elite.elite_core.concept import ELITEConcept
-from comfyui_elite.elite_core.sites import SD1_ATTN2_SITES
+from comfyui_elite.elite_core.comfyui import elite as comfy_elite
+from comfyui_elite.elite_core.comfyui import elite_patch
+from comfyui_elite.elite_core.elite.concept import ELITEConcept
+from comfyui_elite.elite_core.elite.sites import SD1_ATTN2_SITES
 from comfyui_elite.nodes.nodes_attn_patch import ELITELocalAttnPatch
 from elite_test_pack.tiny_models import build_tiny_sd15_model
 
@@ -51,7 +52,7 @@ def test_input_model_is_never_mutated(tiny_model, concept):
     options_before = copy.deepcopy(tiny_model.model_options)
     patches_before = dict(tiny_model.patches)
     weights_before = materialised_weights(tiny_model)
-    patched = comfy_adapter.apply_global_kv(tiny_model, concept)
+    patched = elite_patch.apply_global_kv(tiny_model, concept)
     materialised_weights(patched)
     assert patched is not tiny_model
     assert tiny_model.patches == patches_before == {}
@@ -62,14 +63,14 @@ def test_input_model_is_never_mutated(tiny_model, concept):
 
 def test_patched_model_predicts_differently(tiny_model, concept):
     context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(1))
-    patched = comfy_adapter.apply_global_kv(tiny_model, concept)
+    patched = elite_patch.apply_global_kv(tiny_model, concept)
     assert (unet_eps(patched, context) - unet_eps(tiny_model, context)).abs().max() > 1e-6
 
 
 def test_model_with_other_cross_attention_width_is_refused(concept):
     sd2_like = build_tiny_sd15_model(seed=0, context_dim=1024)
-    with pytest.raises(comfy_adapter.ELITEInputError) as err:
-        comfy_adapter.apply_global_kv(sd2_like, concept)
+    with pytest.raises(comfy_elite.ELITEInputError) as err:
+        elite_patch.apply_global_kv(sd2_like, concept)
     message = str(err.value)
     assert "This MODEL (SD15) is not a Stable Diffusion 1.x UNet" in message
     assert "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight is (32, 1024)" in message
@@ -79,5 +80,5 @@ def test_model_with_other_cross_attention_width_is_refused(concept):
 def test_model_without_the_sd1_blocks_is_refused(concept):
     no_attention = build_tiny_sd15_model(seed=0, transformer_depth=[0] * 8, transformer_depth_middle=0,
                                          transformer_depth_output=[0] * 12)
-    with pytest.raises(comfy_adapter.ELITEInputError, match=r"not a Stable Diffusion 1.x UNet that ELITE can patch: it has no diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"):
-        comfy_adapter.apply_global_kv(no_attention, concept)
+    with pytest.raises(comfy_elite.ELITEInputError, match=r"not a Stable Diffusion 1.x UNet that ELITE can patch: it has no diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"):
+        elite_patch.apply_global_kv(no_attention, concept)

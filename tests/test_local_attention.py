@@ -4,13 +4,15 @@ import copy
 
 import pytest
 import torch
-
-from comfyui_elite.elite_core import attn2_patches, comfy_adapter
-from comfyui_elite.elite_core.concept import ELITEConcept
-from comfyui_elite.elite_core.sites import SD1_ATTN2_SITES
 from elite_fixtures import cfg_batch, row_indices, unet_eps
-from elite_test_pack.tiny_models import build_tiny_sd15_model
 from reference_attention import install_reference
+
+from comfyui_elite.elite_core.comfyui import elite as comfy_elite
+from comfyui_elite.elite_core.comfyui import elite_patch
+from comfyui_elite.elite_core.elite import attn2_patches
+from comfyui_elite.elite_core.elite.concept import ELITEConcept
+from comfyui_elite.elite_core.elite.sites import SD1_ATTN2_SITES
+from elite_test_pack.tiny_models import build_tiny_sd15_model
 
 PROMPT = "a photo of S on the beach"
 LAMBDA = 0.8
@@ -20,8 +22,8 @@ LAMBDA = 0.8
 def elite(tiny_clip, tiny_clip_vision, global_mapper, local_mapper, concept_image):
     mask = torch.zeros(1, 96, 128)
     mask[:, 16:80, 24:104] = 1.0
-    concept = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, mask)
-    positive, injection = comfy_adapter.concept_conditioning(tiny_clip, concept, PROMPT, "S", all_words=False)
+    concept = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, mask)
+    positive, injection = comfy_elite.concept_conditioning(tiny_clip, concept, PROMPT, "S", all_words=False)
     negative = tiny_clip.encode_from_tokens_scheduled(tiny_clip.tokenize(""))[0][0]
     return {"concept": concept, "positive": positive, "pos": positive[0][0], "neg": negative,
             "index": injection.index, "local_kv": local_mapper.kv}
@@ -48,14 +50,14 @@ def reference_eps(reference_model, elite, x, context, indices, llambda=LAMBDA, l
 @pytest.mark.parametrize("cond_or_uncond", [[0], [1, 0], [0, 1]], ids=["cfg1", "uncond-first", "cond-first"])
 @pytest.mark.parametrize("batch", [1, 2, 3])
 def test_unet_matches_reference(tiny_model, reference_model, elite, cond_or_uncond, batch, record_parity):
-    patched = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
+    patched = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
     x, context = cfg_batch(elite["pos"], elite["neg"], cond_or_uncond, batch)
     ours = unet_eps(patched, x, context, cond_or_uncond)
     expected = reference_eps(reference_model, elite, x, context, row_indices(cond_or_uncond, batch, elite["index"]))
     record_parity(ours, expected, "(UNet ε)")
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
     # The local branch is really there: the global-only model predicts something else.
-    global_only = unet_eps(comfy_adapter.apply_global_kv(tiny_model, elite["concept"]), x, context, cond_or_uncond)
+    global_only = unet_eps(elite_patch.apply_global_kv(tiny_model, elite["concept"]), x, context, cond_or_uncond)
     assert (ours - global_only).abs().max() > 1e-4
 
 
@@ -68,7 +70,7 @@ def _attn2_modules(diffusion_model):
 
 
 def test_every_attn2_output_matches_reference(tiny_model, reference_model, elite, record_parity):
-    patched = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
+    patched = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
     x, context = cfg_batch(elite["pos"], elite["neg"], [1, 0], 1)
     captured = {"ours": {}, "ref": {}}
     handles = [m.to_out.register_forward_hook(lambda m, i, o, s=s: captured["ours"].__setitem__(s.block, o))
@@ -100,7 +102,7 @@ def test_sites_that_run_are_exactly_the_16(tiny_model, elite, monkeypatch):
         return original(self, q, k, v, extra_options)
 
     monkeypatch.setattr(attn2_patches.ELITEAttn2Replace, "__call__", spy)
-    patched = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
+    patched = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
     x, context = cfg_batch(elite["pos"], elite["neg"], [1, 0], 1)
     unet_eps(patched, x, context, [1, 0])
     assert seen == [s.block for s in SD1_ATTN2_SITES]
@@ -108,26 +110,26 @@ def test_sites_that_run_are_exactly_the_16(tiny_model, elite, monkeypatch):
 
 def test_lambda_zero_is_exactly_global_only(tiny_model, elite):
     x, context = cfg_batch(elite["pos"], elite["neg"], [1, 0], 2)
-    zero = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], strength=0.0)
-    global_only = comfy_adapter.apply_global_kv(tiny_model, elite["concept"])
+    zero = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], strength=0.0)
+    global_only = elite_patch.apply_global_kv(tiny_model, elite["concept"])
     assert torch.equal(unet_eps(zero, x, context, [1, 0]), unet_eps(global_only, x, context, [1, 0]))
 
 
 def test_global_off_and_lambda_zero_is_exactly_the_unpatched_model(tiny_model, elite):
     x, context = cfg_batch(elite["pos"], elite["neg"], [1, 0], 1)
-    off = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], strength=0.0, global_kv=False)
+    off = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], strength=0.0, global_kv=False)
     assert torch.equal(unet_eps(off, x, context, [1, 0]), unet_eps(tiny_model, x, context, [1, 0]))
 
 
 def test_outside_the_schedule_window_the_replace_adds_exactly_nothing(tiny_model, elite):
     """start/end gate on the device: outside the window the installed replace returns the text
     attention bit for bit; inside it adds the local term."""
-    patched = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA,
+    patched = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA,
                                         start_percent=0.5, end_percent=1.0)
     assert len(patched.model_options["transformer_options"]["patches_replace"]["attn2"]) == 16
     sampling = tiny_model.get_model_object("model_sampling")
     early, late = float(sampling.sigma_max), float(sampling.percent_to_sigma(0.9))
-    global_only = comfy_adapter.apply_global_kv(tiny_model, elite["concept"])
+    global_only = elite_patch.apply_global_kv(tiny_model, elite["concept"])
     x, context = cfg_batch(elite["pos"], elite["neg"], [1, 0], 1)
     assert torch.equal(unet_eps(patched, x, context, [1, 0], sigma=early),
                        unet_eps(global_only, x, context, [1, 0], sigma=early))
@@ -137,20 +139,20 @@ def test_outside_the_schedule_window_the_replace_adds_exactly_nothing(tiny_model
 
 def test_zero_mask_makes_the_local_branch_a_no_op(tiny_model, tiny_clip_vision, global_mapper, local_mapper,
                                                    concept_image, elite):
-    empty = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper,
+    empty = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper,
                                          torch.zeros(1, 96, 128))
     assert torch.count_nonzero(empty.local.tokens) == 0
-    patched = comfy_adapter.apply_elite(tiny_model, empty, elite["positive"], LAMBDA)
-    global_only = comfy_adapter.apply_global_kv(tiny_model, empty)
+    patched = elite_patch.apply_elite(tiny_model, empty, elite["positive"], LAMBDA)
+    global_only = elite_patch.apply_global_kv(tiny_model, empty)
     x, context = cfg_batch(elite["pos"], elite["neg"], [1, 0], 1)
     assert torch.equal(unet_eps(patched, x, context, [1, 0]), unet_eps(global_only, x, context, [1, 0]))
 
 
 def test_two_elite_patches_add_their_terms(tiny_model, elite):
     """Stacked, each patch adds its own local term: twice the same concept equals λ doubled."""
-    once = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
-    twice = comfy_adapter.apply_elite(once, elite["concept"], elite["positive"], LAMBDA)
-    double = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], 2 * LAMBDA)
+    once = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
+    twice = elite_patch.apply_elite(once, elite["concept"], elite["positive"], LAMBDA)
+    double = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], 2 * LAMBDA)
     x, context = cfg_batch(elite["pos"], elite["neg"], [1, 0], 1)
     torch.testing.assert_close(unet_eps(twice, x, context, [1, 0]), unet_eps(double, x, context, [1, 0]),
                                atol=1e-5, rtol=0)
@@ -179,7 +181,7 @@ def test_elite_wraps_a_foreign_replace(tiny_model, elite):
     for site in SD1_ATTN2_SITES:
         other.set_model_attn2_replace(foreign, site.block[0], site.block[1])
     options_before = copy.deepcopy(other.model_options)
-    patched = comfy_adapter.apply_elite(other, elite["concept"], elite["positive"], LAMBDA)
+    patched = elite_patch.apply_elite(other, elite["concept"], elite["positive"], LAMBDA)
     assert other.model_options == options_before  # the upstream MODEL is untouched
     x, context = cfg_batch(elite["pos"], elite["neg"], [1, 0], 1)
     unet_eps(patched, x, context, [1, 0])
@@ -187,7 +189,7 @@ def test_elite_wraps_a_foreign_replace(tiny_model, elite):
 
     # Per site: ELITE's output minus the foreign output is exactly ELITE's own term.
     replaces = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
-    plain = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
+    plain = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
     plain_replace = plain.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 1, 0)]
     wrapped = replaces[("input", 1, 0)]
     gen = torch.Generator().manual_seed(3)
@@ -205,14 +207,14 @@ def test_elite_wraps_a_foreign_replace(tiny_model, elite):
 
 def test_upstream_model_options_are_unchanged(tiny_model, elite):
     before = copy.deepcopy(tiny_model.model_options)
-    patched = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
-    comfy_adapter.apply_elite(patched, elite["concept"], elite["positive"], LAMBDA)
+    patched = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
+    elite_patch.apply_elite(patched, elite["concept"], elite["positive"], LAMBDA)
     assert tiny_model.model_options == before
     assert tiny_model.patches == {}
 
 
 def test_patch_objects_survive_clone_and_to(tiny_model, elite):
-    patched = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
+    patched = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
     replaces = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
     clone = patched.clone()  # deep-copies model_options on 0.3.75; shares leaves on newer releases
     cloned = clone.model_options["transformer_options"]["patches_replace"]["attn2"]
@@ -227,7 +229,7 @@ def test_patch_objects_survive_clone_and_to(tiny_model, elite):
 def test_local_kv_weights_are_loaded_with_the_unet(tiny_model, elite, local_mapper):
     import comfy.model_management
 
-    patched = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
+    patched = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
     assert local_mapper.kv_patcher in patched.model_patches_models()
     comfy.model_management.load_models_gpu([patched])
     loaded = [m.model for m in comfy.model_management.current_loaded_models]
@@ -235,7 +237,7 @@ def test_local_kv_weights_are_loaded_with_the_unet(tiny_model, elite, local_mapp
 
 
 def test_local_keys_and_values_are_projected_once(tiny_model, elite):
-    patched = comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
+    patched = elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA)
     replace = patched.model_options["transformer_options"]["patches_replace"]["attn2"][("middle", 0, 0)]
     x, context = cfg_batch(elite["pos"], elite["neg"], [1, 0], 1)
     unet_eps(patched, x, context, [1, 0])
@@ -252,7 +254,7 @@ def test_half_precision_runs_and_stays_close(elite, dtype):
     x, context = cfg_batch(elite["pos"], elite["neg"], [1, 0], 2)
     outs = []
     for model in (full, half):
-        patched = comfy_adapter.apply_elite(model, elite["concept"], elite["positive"], LAMBDA)
+        patched = elite_patch.apply_elite(model, elite["concept"], elite["positive"], LAMBDA)
         outs.append(unet_eps(patched, x, context, [1, 0]))
     assert torch.isfinite(outs[1]).all()
     scale = outs[0].abs().max()
@@ -261,15 +263,15 @@ def test_half_precision_runs_and_stays_close(elite, dtype):
 
 def test_local_branch_needs_elite_conditioning(tiny_model, elite, tiny_clip):
     plain_positive = tiny_clip.encode_from_tokens_scheduled(tiny_clip.tokenize(PROMPT))
-    with pytest.raises(comfy_adapter.ELITEInputError, match="Connect ELITE Conditioning's output to 'positive'"):
-        comfy_adapter.apply_elite(tiny_model, elite["concept"], plain_positive, LAMBDA)
-    with pytest.raises(comfy_adapter.ELITEInputError, match="needs the positive prompt from ELITE Conditioning"):
-        comfy_adapter.apply_elite(tiny_model, elite["concept"], None, LAMBDA)
+    with pytest.raises(comfy_elite.ELITEInputError, match="Connect ELITE Conditioning's output to 'positive'"):
+        elite_patch.apply_elite(tiny_model, elite["concept"], plain_positive, LAMBDA)
+    with pytest.raises(comfy_elite.ELITEInputError, match="needs the positive prompt from ELITE Conditioning"):
+        elite_patch.apply_elite(tiny_model, elite["concept"], None, LAMBDA)
 
 
 def test_global_only_concept_ignores_lambda(tiny_model, elite):
     words_only = ELITEConcept(words=elite["concept"].words, global_kv=elite["concept"].global_kv)
-    patched = comfy_adapter.apply_elite(tiny_model, words_only, None, LAMBDA)
+    patched = elite_patch.apply_elite(tiny_model, words_only, None, LAMBDA)
     assert "patches_replace" not in patched.model_options["transformer_options"]
 
 
@@ -279,5 +281,5 @@ def test_global_only_concept_ignores_lambda(tiny_model, elite):
     (0.0, 1.5, r"end_percent is 1.5; it must be from 0.0 to 1.0"),
 ])
 def test_bad_schedule_window_is_refused(tiny_model, elite, start, end, message):
-    with pytest.raises(comfy_adapter.ELITEInputError, match=message):
-        comfy_adapter.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA, start, end)
+    with pytest.raises(comfy_elite.ELITEInputError, match=message):
+        elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA, start, end)

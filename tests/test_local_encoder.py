@@ -4,12 +4,17 @@ import math
 
 import pytest
 import torch
-
-from comfyui_elite.elite_core import comfy_adapter
-from comfyui_elite.elite_core.clip_input import mask_patch_grid, object_image, prepare_object_mask, squash_to_clip_input
-from comfyui_elite.nodes.nodes_encoder import ELITEEncoder
 from test_encoder import hooked_block_outputs
 from test_mappers import reference_mlp
+
+from comfyui_elite.elite_core.comfyui import elite as comfy_elite
+from comfyui_elite.elite_core.elite.clip_input import (
+    mask_patch_grid,
+    object_image,
+    prepare_object_mask,
+    squash_to_clip_input,
+)
+from comfyui_elite.nodes.nodes_encoder import ELITEEncoder
 
 
 def reference_patch_mask(mask_hw: torch.Tensor) -> torch.Tensor:
@@ -50,15 +55,15 @@ def test_local_tokens_match_reference(tiny_clip_vision, global_mapper, local_map
 
 
 def test_inverted_mask_is_the_complement(tiny_clip_vision, global_mapper, local_mapper, concept_image, object_mask):
-    direct = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, object_mask)
-    inverted = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper,
+    direct = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, object_mask)
+    inverted = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper,
                                             1.0 - object_mask, invert_mask=True)
     assert torch.equal(direct.local.tokens, inverted.local.tokens)
     assert torch.equal(direct.words, inverted.words)  # the global mapping never sees the mask
 
 
 def test_no_mask_means_the_whole_image(tiny_clip_vision, global_mapper, local_mapper, local_mapper_state, concept_image):
-    concept = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper)
+    concept = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper)
     expected = reference_local_tokens(tiny_clip_vision, local_mapper_state, concept_image, torch.ones(96, 128))
     torch.testing.assert_close(concept.local.tokens, expected, atol=1e-5, rtol=0)
 
@@ -81,11 +86,11 @@ def test_soft_masks_are_thresholded_and_resized():
 def test_one_mask_serves_a_batch_and_mismatched_batches_are_refused(tiny_clip_vision, global_mapper, local_mapper,
                                                                    concept_image, object_mask):
     batch = torch.cat([concept_image, concept_image])
-    concept = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, batch, local_mapper, object_mask)
+    concept = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, batch, local_mapper, object_mask)
     assert concept.local.tokens.shape == (2, 256, 768)
     assert concept.local_tokens().shape == (1, 512, 768)  # several images: tokens side by side
-    with pytest.raises(comfy_adapter.ELITEInputError, match=r"MASK batch \(3\) must be 1 or match the IMAGE batch \(2\)"):
-        comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, batch, local_mapper, object_mask.expand(3, -1, -1))
+    with pytest.raises(comfy_elite.ELITEInputError, match=r"MASK batch \(3\) must be 1 or match the IMAGE batch \(2\)"):
+        comfy_elite.encode_concept(tiny_clip_vision, global_mapper, batch, local_mapper, object_mask.expand(3, -1, -1))
 
 
 @pytest.mark.parametrize("mask_value, invert, hint", [
@@ -97,17 +102,17 @@ def test_one_mask_serves_a_batch_and_mismatched_batches_are_refused(tiny_clip_vi
 def test_a_full_or_empty_mask_gets_a_polarity_hint(tiny_clip_vision, global_mapper, local_mapper, concept_image,
                                                    caplog, mask_value, invert, hint):
     mask = torch.full((1, 96, 128), mask_value)
-    comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, mask, invert_mask=invert)
+    comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, mask, invert_mask=invert)
     assert hint in caplog.text
 
 
 def test_a_plausible_mask_gets_no_hint(tiny_clip_vision, global_mapper, local_mapper, concept_image, object_mask, caplog):
-    comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, object_mask)
+    comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, object_mask)
     assert "object mask covers" not in caplog.text
 
 
 def test_mask_without_local_mapper_is_reported(tiny_clip_vision, global_mapper, concept_image, object_mask, caplog):
-    concept = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, None, object_mask)
+    concept = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, None, object_mask)
     assert concept.local is None
     assert "connect a local mapper" in caplog.text
 
@@ -116,9 +121,9 @@ def test_whole_and_object_image_share_one_clip_forward_with_the_same_numbers(
         tiny_clip_vision, global_mapper, local_mapper, concept_image, object_mask, monkeypatch):
     """Global + local runs CLIP vision once (whole image and object image as one batch), and gives
     exactly the words and tokens of two separate forwards."""
-    alone = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image)
+    alone = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image)
     binary = prepare_object_mask(object_mask, concept_image, invert=False)
-    object_features = comfy_adapter.clip_vision_features(tiny_clip_vision, object_image(concept_image, binary), 64)
+    object_features = comfy_elite.clip_vision_features(tiny_clip_vision, object_image(concept_image, binary), 64)
     with torch.no_grad():
         separate_tokens = local_mapper.module(object_features) * mask_patch_grid(binary)
 
@@ -126,7 +131,7 @@ def test_whole_and_object_image_share_one_clip_forward_with_the_same_numbers(
     forward = tiny_clip_vision.model.forward
     monkeypatch.setattr(tiny_clip_vision.model, "forward",
                         lambda *a, **kw: batches.append(kw["pixel_values"].shape[0]) or forward(*a, **kw))
-    both = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, object_mask)
+    both = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, object_mask)
     assert batches == [2]
     assert torch.equal(both.words, alone.words)
     assert torch.equal(both.local.tokens, separate_tokens)

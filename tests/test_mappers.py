@@ -2,8 +2,8 @@
 
 import torch
 
-from comfyui_elite.elite_core.checkpoint import widths_from_state_dict
-from comfyui_elite.elite_core.mappers import GlobalMapper, LocalMapper, build_mapper
+from comfyui_elite.elite_core.elite.checkpoint import widths_from_state_dict
+from comfyui_elite.elite_core.elite.mappers import GlobalMapper, LocalMapper, build_mapper
 
 
 def reference_mlp(state, prefix, x):

@@ -1,14 +1,15 @@
 """models/elite registration, extra_model_paths.yaml, and what the loaders say about bad files."""
 
-import folder_paths
 import pytest
 import torch
+from conftest import ELITE_MODELS, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
 from safetensors.torch import save_file
 
-from comfyui_elite.elite_core import comfy_adapter
-from comfyui_elite.elite_core.checkpoint import MapperFormatError
+import folder_paths
+
+from comfyui_elite.elite_core.comfyui import elite as comfy_elite
+from comfyui_elite.elite_core.elite.checkpoint import MapperFormatError
 from comfyui_elite.nodes.nodes_mapper_loader import ELITEGlobalMapperLoader, ELITELocalMapperLoader
-from conftest import ELITE_MODELS, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
 
 
 @pytest.fixture()
@@ -22,7 +23,7 @@ def test_default_folder_and_mapper_extensions_only(tmp_path):
     assert str(ELITE_MODELS) in folder_paths.get_folder_paths("elite")
     (ELITE_MODELS / "readme.txt").write_text("not a model")
     try:
-        names = comfy_adapter.mapper_file_names()
+        names = comfy_elite.mapper_file_names()
     finally:
         (ELITE_MODELS / "readme.txt").unlink()
     assert TINY_GLOBAL_MAPPER in names and TINY_LOCAL_MAPPER in names
@@ -38,7 +39,7 @@ def test_extra_model_paths_yaml_is_honoured(tmp_path, restore_elite_folder):
     config = tmp_path / "extra_model_paths.yaml"
     config.write_text(f"mine:\n  base_path: {tmp_path / 'shared_models'}\n  elite: elite_mappers\n")
     load_extra_path_config(str(config))
-    comfy_adapter.register_model_folder()  # as at start-up: the YAML may be read before or after the pack
+    comfy_elite.register_model_folder()  # as at start-up: the YAML may be read before or after the pack
     assert str(extra) in folder_paths.get_folder_paths("elite")
     assert str(ELITE_MODELS) in folder_paths.get_folder_paths("elite")
     (mapper,) = ELITEGlobalMapperLoader.execute("shared_global.safetensors").result

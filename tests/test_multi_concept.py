@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from comfyui_elite.elite_core import attn2_patches, comfy_adapter
-from comfyui_elite.elite_core.attn2_patches import ELITEAttn2Replace
-from comfyui_elite.nodes.nodes_conditioning import ELITEConditioning
 from elite_fixtures import cfg_batch, unet_eps
+
+from comfyui_elite.elite_core.comfyui import elite as comfy_elite
+from comfyui_elite.elite_core.comfyui import elite_patch
+from comfyui_elite.elite_core.elite import attn2_patches
+from comfyui_elite.elite_core.elite.attn2_patches import ELITEAttn2Replace
+from comfyui_elite.nodes.nodes_conditioning import ELITEConditioning
 
 PROMPT = "a photo of S next to T on the beach"
 
@@ -19,8 +21,8 @@ PROMPT = "a photo of S next to T on the beach"
 def two(tiny_clip, tiny_clip_vision, global_mapper, local_mapper, concept_image):
     mask = torch.zeros(1, 96, 128)
     mask[:, 16:80, 24:104] = 1.0
-    a = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, mask)
-    b = comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, concept_image.flip(2), local_mapper, mask.flip(2))
+    a = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, mask)
+    b = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image.flip(2), local_mapper, mask.flip(2))
     assert a.key != b.key
     (positive,) = ELITEConditioning.execute(tiny_clip, a, PROMPT, "S", "primary word", b, "T").result
     negative = tiny_clip.encode_from_tokens_scheduled(tiny_clip.tokenize(""))[0][0]
@@ -47,14 +49,14 @@ def selections(model, two, monkeypatch) -> list[int]:
 def test_each_concept_is_gated_by_its_own_placeholder(tiny_model, two, monkeypatch):
     both_words = two["pos"][0]
     assert not torch.equal(both_words[two["s"]], both_words[two["t"]])
-    only_a = comfy_adapter.apply_elite(tiny_model, two["a"], two["positive"], 0.8)
+    only_a = elite_patch.apply_elite(tiny_model, two["a"], two["positive"], 0.8)
     assert set(selections(only_a, two, monkeypatch)) == {two["s"]}
     monkeypatch.undo()
-    only_b = comfy_adapter.apply_elite(tiny_model, two["b"], two["positive"], 0.8)
+    only_b = elite_patch.apply_elite(tiny_model, two["b"], two["positive"], 0.8)
     assert set(selections(only_b, two, monkeypatch)) == {two["t"]}
     monkeypatch.undo()
     # both: 16 sites x 2 terms, each on its own token
-    both = comfy_adapter.apply_elite(only_a, two["b"], two["positive"], 0.8)
+    both = elite_patch.apply_elite(only_a, two["b"], two["positive"], 0.8)
     seen = selections(both, two, monkeypatch)
     assert sorted(seen) == sorted([two["s"]] * 16 + [two["t"]] * 16)
 
@@ -69,29 +71,29 @@ def test_both_concepts_words_are_in_the_prompt(tiny_clip, two):
 
 
 def test_bad_multi_concept_inputs_are_refused(tiny_model, tiny_clip, two):
-    with pytest.raises(comfy_adapter.ELITEInputError, match="its own placeholder"):
+    with pytest.raises(comfy_elite.ELITEInputError, match="its own placeholder"):
         ELITEConditioning.execute(tiny_clip, two["a"], PROMPT, "S", "primary word", two["b"], "S")
-    with pytest.raises(comfy_adapter.ELITEInputError, match="primary word"):
+    with pytest.raises(comfy_elite.ELITEInputError, match="primary word"):
         ELITEConditioning.execute(tiny_clip, two["a"], PROMPT, "S", "all five words", two["b"], "T")
-    with pytest.raises(comfy_adapter.ELITEInputError, match="no placeholder 'T'"):
+    with pytest.raises(comfy_elite.ELITEInputError, match="no placeholder 'T'"):
         ELITEConditioning.execute(tiny_clip, two["a"], "a photo of S", "S", "primary word", two["b"], "T")
-    stranger = comfy_adapter.ELITEConcept(words=two["a"].words + 1.0, global_kv=two["a"].global_kv, local=two["a"].local)
-    with pytest.raises(comfy_adapter.ELITEInputError, match="not one of the concepts"):
-        comfy_adapter.apply_elite(tiny_model, stranger, two["positive"], 0.8)
+    stranger = comfy_elite.ELITEConcept(words=two["a"].words + 1.0, global_kv=two["a"].global_kv, local=two["a"].local)
+    with pytest.raises(comfy_elite.ELITEInputError, match="not one of the concepts"):
+        elite_patch.apply_elite(tiny_model, stranger, two["positive"], 0.8)
 
 
 def test_a_region_of_ones_changes_nothing_and_of_zeros_removes_the_local_term(tiny_model, two):
     x, context = cfg_batch(two["pos"], two["neg"], [1, 0], 1)
-    plain = comfy_adapter.apply_elite(tiny_model, two["a"], two["positive"], 0.8)
-    ones = comfy_adapter.apply_elite(tiny_model, two["a"], two["positive"], 0.8, region=torch.ones(1, 40, 40))
-    zeros = comfy_adapter.apply_elite(tiny_model, two["a"], two["positive"], 0.8, region=torch.zeros(1, 40, 40))
-    global_only = comfy_adapter.apply_global_kv(tiny_model, two["a"])
+    plain = elite_patch.apply_elite(tiny_model, two["a"], two["positive"], 0.8)
+    ones = elite_patch.apply_elite(tiny_model, two["a"], two["positive"], 0.8, region=torch.ones(1, 40, 40))
+    zeros = elite_patch.apply_elite(tiny_model, two["a"], two["positive"], 0.8, region=torch.zeros(1, 40, 40))
+    global_only = elite_patch.apply_global_kv(tiny_model, two["a"])
     eps = unet_eps(plain, x, context, [1, 0])
     assert torch.equal(unet_eps(ones, x, context, [1, 0]), eps)
     assert torch.equal(unet_eps(zeros, x, context, [1, 0]), unet_eps(global_only, x, context, [1, 0]))
     half = torch.zeros(1, 40, 40)
     half[:, :, :20] = 1.0
-    halfway = unet_eps(comfy_adapter.apply_elite(tiny_model, two["a"], two["positive"], 0.8, region=half), x, context,
+    halfway = unet_eps(elite_patch.apply_elite(tiny_model, two["a"], two["positive"], 0.8, region=half), x, context,
                        [1, 0])
     assert not torch.equal(halfway, eps) and not torch.equal(halfway, unet_eps(global_only, x, context, [1, 0]))
 
@@ -107,7 +109,7 @@ def test_the_region_follows_each_layers_grid():
         expected = torch.zeros(grid, grid)
         expected[:, :grid // 2] = 1.0
         assert torch.equal(weights.view(grid, grid), expected)
-    with pytest.raises(comfy_adapter.ELITEInputError, match="NaN"):
-        from comfyui_elite.elite_core.comfy_unet_patch import check_region
+    with pytest.raises(comfy_elite.ELITEInputError, match="NaN"):
+        from comfyui_elite.elite_core.comfyui.elite_patch import check_region
 
         check_region(torch.full((1, 4, 4), float("nan")))

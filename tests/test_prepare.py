@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfyui_elite.elite_core import comfy_adapter, concept_prep
-from comfyui_elite.elite_core.clip_input import CLIP_MEAN, CLIP_STD
+from comfyui_elite.elite_core.comfyui import elite as comfy_elite
+from comfyui_elite.elite_core.common.images import CLIP_MEAN, CLIP_STD
+from comfyui_elite.elite_core.elite import concept_prep
 from comfyui_elite.nodes.nodes_prepare import ELITEPrepareConcept
 
 
@@ -79,7 +80,7 @@ def test_the_preview_is_what_the_encoder_sees(monkeypatch, tiny_clip_vision, glo
     image, mask = photo(90, 130, 5), box_mask(90, 130, (20, 70), (30, 100))
     out, out_mask = concept_prep.prepare_concept(image, mask, 0.1, "pad")
     seen = {}
-    real_layers, real_grid = comfy_adapter._vision_layers, comfy_adapter.mask_patch_grid
+    real_layers, real_grid = comfy_elite._vision_layers, comfy_elite.mask_patch_grid
 
     def vision_layers(clip_vision, pixels, width):
         seen["pixels"] = pixels.clone()
@@ -89,9 +90,9 @@ def test_the_preview_is_what_the_encoder_sees(monkeypatch, tiny_clip_vision, glo
         seen["grid"] = real_grid(m)
         return seen["grid"]
 
-    monkeypatch.setattr(comfy_adapter, "_vision_layers", vision_layers)
-    monkeypatch.setattr(comfy_adapter, "mask_patch_grid", grid)
-    comfy_adapter.encode_concept(tiny_clip_vision, global_mapper, out, local_mapper, out_mask, False)
+    monkeypatch.setattr(comfy_elite, "_vision_layers", vision_layers)
+    monkeypatch.setattr(comfy_elite, "mask_patch_grid", grid)
+    comfy_elite.encode_concept(tiny_clip_vision, global_mapper, out, local_mapper, out_mask, False)
     shown = concept_prep.preview(out, out_mask)
     assert shown.shape == (1, 224, 448, 3)
     mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from comfyui_elite.elite_core.sites import SD1_ATTN2_SITES, SITES_BY_BLOCK
+from comfyui_elite.elite_core.elite.sites import SD1_ATTN2_SITES, SITES_BY_BLOCK
 
 # ELITE's checkpoint layer names and widths, transcribed from the reference (Appendix A).
 OFFICIAL_KV_LAYERS = {

@@ -6,12 +6,13 @@ import os
 import uuid
 from pathlib import Path
 
-import nodes
 import numpy as np
 import pytest
+from conftest import BASE_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
 from PIL import Image
 
-from conftest import BASE_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
+import nodes
+
 from elite_test_pack.workflows import save_node_id, ui_to_api, with_tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,7 +143,7 @@ def test_workflow_errors_reach_the_user(bad_prompt, message):
 def test_the_saved_concept_templates_second_row_reuses_the_concept_without_encoding(monkeypatch):
     """Run the template as shipped (it encodes and saves), then unmute its second row and run that
     row alone: the concept comes from the file, the encoder never runs."""
-    from comfyui_elite.elite_core import comfy_adapter
+    from comfyui_elite.elite_core.comfyui import elite as comfy_elite
 
     executor = run_prompt(tiny_prompt("elite_saved_concept"))
     assert executor.success
@@ -158,7 +159,7 @@ def test_the_saved_concept_templates_second_row_reuses_the_concept_without_encod
     def no_encoding(*args, **kwargs):
         raise AssertionError("the concept was encoded again")
 
-    monkeypatch.setattr(comfy_adapter, "encode_concept", no_encoding)
+    monkeypatch.setattr(comfy_elite, "encode_concept", no_encoding)
     executor = run_prompt(prompt)
     assert executor.success, [m for m in executor.status_messages if m[0] == "execution_error"]
     assert executor.history_result["outputs"]["20"]["images"]

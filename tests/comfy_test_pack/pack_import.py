@@ -4,7 +4,7 @@ ComfyUI imports a custom node pack under a module name derived from its path. Te
 ``comfyui_elite``: once ComfyUI has loaded the pack, :func:`alias_loaded_pack` registers that alias
 for the very same module objects, so classes seen by tests and by the executor are identical.
 Before that (e.g. a script writing demo weights), ``elite_core`` is imported on its own; it has
-no ComfyUI imports outside ``comfy_adapter``.
+no ComfyUI imports outside ``elite_core/comfyui/``.
 """
 
 from __future__ import annotations

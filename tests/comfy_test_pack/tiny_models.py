@@ -132,8 +132,8 @@ def tiny_mapper_state_dict(seed: int, input_dim: int = TINY_VISION_WIDTH, hidden
     """A random mapper state dict with the official key names (ELITE's Appendix A layout)."""
     from .pack_import import elite_core_module
 
-    mappers = elite_core_module("mappers")
-    sites = elite_core_module("sites")
+    mappers = elite_core_module("elite.mappers")
+    sites = elite_core_module("elite.sites")
     widths = mappers.MapperWidths(
         input_dim=input_dim, hidden_dim=hidden_dim, output_dim=TEXT_WIDTH,
         kv_dims=tuple(model_channels * s.base_channels_mult for s in sites.SD1_ATTN2_SITES),

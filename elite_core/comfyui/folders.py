@@ -1,0 +1,43 @@
+"""The pack's model folders in ComfyUI: registering ``models/<folder>``, the message a loader gives
+for a file it cannot find, and numbered save paths that never overwrite. Shared by ELITE's mappers
+and concepts, CatVersion's adapters and the evaluation's encoders."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import folder_paths
+
+
+def register_folder(folder: str, extensions) -> None:
+    """Register ``models/<folder>`` (plus any ``<folder>:`` paths from extra_model_paths.yaml),
+    listing only files with ``extensions``."""
+    folder_paths.add_model_folder_path(folder, os.path.join(folder_paths.models_dir, folder), is_default=True)
+    paths = folder_paths.folder_names_and_paths[folder][0]
+    folder_paths.folder_names_and_paths[folder] = (paths, set(extensions))
+
+
+def missing_file_message(folder: str, name, what: str, put: str) -> str | None:
+    """Why ``name`` cannot be found in models/<folder> (where it was looked for, what is there, where
+    to put ``put``), or None when it exists. Loader nodes return this from ``validate_inputs``, so
+    the user sees it before anything runs, on ComfyUI versions that check combo values and on
+    those that do not."""
+    if isinstance(name, str) and folder_paths.get_full_path(folder, name) is not None:
+        return None
+    folders = folder_paths.get_folder_paths(folder)
+    seen = folder_paths.get_filename_list(folder)
+    return (
+        f"{what} {name!r} was not found. Searched: {', '.join(folders) or '(no folders)'}. "
+        f"Files there: {', '.join(seen) if seen else 'none'}. Put {put} into models/{folder}/ and pick it in the loader."
+    )
+
+
+def next_numbered_path(folder: str, name: str, suffix: str = "") -> str:
+    """``models/<folder>/<name>_<00001><suffix>.safetensors`` with the first free counter (a file
+    of that name with any suffix takes its number): a save never overwrites."""
+    path = folder_paths.get_folder_paths(folder)[0]
+    os.makedirs(path, exist_ok=True)
+    taken = re.compile(rf"^{re.escape(name)}_(\d{{5}})(?:_.*)?\.safetensors$")
+    counters = [int(m.group(1)) for f in os.listdir(path) for m in [taken.match(f)] if m]
+    return os.path.join(path, f"{name}_{max(counters, default=0) + 1:05d}{suffix}.safetensors")

@@ -1,0 +1,73 @@
+"""Checks of node inputs that torch would otherwise take silently (NaN, a 1-pixel image) or fail on
+deep inside. Each raises :class:`InputError` with a message that names the culprit and says what was
+expected. Shared by every method's nodes and command lines; pure Python and torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+MIN_IMAGE_SIDE = 2  # pixels; a 0- or 1-pixel image carries no picture of the object
+
+
+class InputError(ValueError):
+    """An input (a node's, or a command line's) that cannot be used; the message says what was expected."""
+
+
+ELITEInputError = InputError  # the name the pack's nodes and tests have always caught
+
+
+def check_number(label: str, value, low: float, high: float) -> float:
+    """``value`` as a float when it is a finite number in [low, high]; otherwise refuse it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{label} must be a number from {low} to {high}, got {value!r}.")
+    if math.isnan(value):
+        raise InputError(f"{label} is NaN (not a number); it must be a number from {low} to {high}.")
+    if math.isinf(value):
+        raise InputError(f"{label} is infinite; it must be a number from {low} to {high}.")
+    if not low <= value <= high:
+        raise InputError(f"{label} is {value}; it must be from {low} to {high}.")
+    return float(value)
+
+
+def _count_non_finite(tensor: torch.Tensor) -> int:
+    return int((~torch.isfinite(tensor)).sum().item()) if tensor.is_floating_point() else 0
+
+
+def check_image(image, what: str = "concept IMAGE") -> None:
+    """A ComfyUI IMAGE (batch, height, width, 3 or 4) with at least 2x2 pixels, all finite."""
+    if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[-1] not in (3, 4):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise InputError(f"The {what} must be an IMAGE batch (batch, height, width, 3), got {shape}.")
+    batch, height, width = image.shape[:3]
+    if batch == 0:
+        raise InputError(f"The {what} batch is empty (0 images).")
+    if height < MIN_IMAGE_SIDE or width < MIN_IMAGE_SIDE:
+        raise InputError(
+            f"The {what} is {width}x{height} pixels: there is no picture of the object in it. ELITE needs "
+            f"an image at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} (it is resized to 224x224; 224x224 or "
+            "larger works best). Check the node that made or cropped it."
+        )
+    bad = _count_non_finite(image)
+    if bad:
+        raise InputError(
+            f"The {what} contains {bad} non-finite values (NaN or inf): the node that made it produced "
+            "broken pixels. Pixels must be numbers from 0 to 1; check the nodes before ELITE Encoder."
+        )
+
+
+def check_mask(mask, what: str = "object MASK") -> None:
+    """A ComfyUI MASK (batch, height, width) or (height, width) with pixels, all finite."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise InputError(f"The {what} must be a MASK (batch, height, width), got {shape}.")
+    if mask.numel() == 0:
+        raise InputError(f"The {what} is empty (shape {tuple(mask.shape)}): it has no pixels.")
+    bad = _count_non_finite(mask)
+    if bad:
+        raise InputError(
+            f"The {what} contains {bad} non-finite values (NaN or inf); mask values must be from 0 to 1. "
+            "Check the node that made it."
+        )

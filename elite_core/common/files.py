@@ -1,0 +1,121 @@
+"""Tensor and image files, shared by every method: the checks that make a damaged or unsafe file a
+clear message instead of a traceback, atomic writes, and the one EXIF-aware image/mask reader.
+
+Each method raises its own subclass of :class:`TensorFileError` (``MapperFormatError`` for ELITE's
+mappers, ``CatVersionFormatError`` for CatVersion's adapters) and passes the model folder its
+messages point the user to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zipfile
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+SAFETENSORS_EXTENSIONS = (".safetensors", ".sft")
+PICKLE_EXTENSIONS = (".pt", ".pth", ".bin", ".ckpt")
+# the photo files the pack's folders are read for (training data, CatVersion photos, benchmarks)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+class TensorFileError(ValueError):
+    """A model file that cannot be used (damaged, unsafe, or of another kind); the message says why."""
+
+
+def fetch_again(folder: str) -> str:
+    return f"The download or copy did not finish, or the file was damaged: fetch it again into {folder}."
+
+
+# --------------------------------------------------------------------------- tensor files
+
+
+def safetensors_metadata(path: str, folder: str, error: type[TensorFileError] = TensorFileError) -> dict[str, str]:
+    """Check that a safetensors file is complete and return its metadata (without loading tensors).
+    ``folder`` is where the message tells the user to put a fresh copy; ``error`` is raised."""
+    name, size = os.path.basename(path), os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        header_len = int.from_bytes(head, "little") if len(head) == 8 else None
+        if header_len is None or header_len > size - 8:
+            raise error(
+                f"'{name}' is truncated or not a safetensors file: it has {size:,} bytes, fewer than its "
+                f"header needs. {fetch_again(folder)}"
+            )
+        try:
+            header = json.loads(f.read(header_len))
+            ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise error(f"'{name}' is not a safetensors file: its header cannot be read ({exc}).") from None
+    needed = 8 + header_len + max(ends, default=0)
+    if needed > size:
+        raise error(f"'{name}' is truncated: it has {size:,} bytes of the {needed:,} its header declares. {fetch_again(folder)}")
+    return dict(header.get("__metadata__") or {})
+
+
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def describe_pickle_error(path: str, exc: Exception, what: str, folder: str) -> str:
+    """What a failed weights-only torch.load of ``path`` means for the user (``what``: the kind of
+    file, e.g. "ELITE mappers"; ``folder``: where a fresh copy goes)."""
+    name = os.path.basename(path)
+    text = str(exc)
+    refused = _REFUSED_GLOBAL.search(text)
+    if refused:
+        return (
+            f"'{name}' was refused: it needs the Python object '{refused.group(1)}', which a weights-only "
+            f"load does not allow. {what} contain only tensors; a file that needs arbitrary Python "
+            "objects is refused for safety. Use the official files or a .safetensors file."
+        )
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    damaged_zip = magic == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+    if damaged_zip or isinstance(exc, EOFError) or "truncated" in text or "failed finding central directory" in text:
+        return (
+            f"'{name}' is truncated or damaged: it is not a complete torch checkpoint "
+            f"({os.path.getsize(path):,} bytes). {fetch_again(folder)}"
+        )
+    first_line = text.splitlines()[0] if text else ""
+    return (
+        f"Could not read '{name}' as a weights-only torch checkpoint ({exc.__class__.__name__}: {first_line}). "
+        f"{what} are torch.save'd dicts of tensors or .safetensors files."
+    )
+
+
+def write_atomically(path: str, write) -> None:
+    """``write(temporary_path)``, then rename the result to ``path``: a reader never sees a
+    half-written file, and a failed write leaves nothing behind."""
+    partial = path + ".partial"
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+# --------------------------------------------------------------------------- image files
+
+
+def open_oriented(path: str) -> Image.Image:
+    """An image file as PIL, turned upright by its EXIF orientation (as ComfyUI's Load Image does):
+    a phone photo is seen the same way by the nodes, the trainers and the evaluation."""
+    with Image.open(path) as img:
+        return ImageOps.exif_transpose(img)
+
+
+def read_image(path: str) -> torch.Tensor:
+    """An image file as IMAGE (1, H, W, 3) in [0, 1], upright by its EXIF orientation."""
+    return torch.from_numpy(np.asarray(open_oriented(path).convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+def read_mask(path: str) -> torch.Tensor:
+    """A mask file (white on the object, as ELITE's ``_bg.png`` files) as MASK (1, H, W), 1 on the
+    object, upright by its EXIF orientation."""
+    red = np.asarray(open_oriented(path).convert("RGB"))[..., 0]
+    return torch.from_numpy((red > 127).astype(np.float32))[None]

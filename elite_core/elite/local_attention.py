@@ -1,0 +1,87 @@
+"""ELITE's local attention branch as flat, pure functions (reference ``train_local.py``, docs/reference/elite.md §7).
+
+Per cross-attention layer, with Q from the image, K/V from the text through ELITE's global weights,
+and ``E`` the masked local tokens (B, 256, 768) projected by the layer's local ``to_k``/``to_v``::
+
+    P  = softmax(Q Kᵀ · d^-1/2)                  text attention probabilities
+    A  = P[..., placeholder] / max(...)          the placeholder's attention map, per sample max
+    O  = P V + λ · ((softmax(Q Klᵀ · d^-1/2) ⊙ A[..., None]) Vl)
+
+Because the gate A depends on the query position only, ``(Pl ⊙ A) Vl == A ⊙ (Pl Vl)``: the local
+term is an ordinary attention over the local tokens, scaled row-wise by A. So both attentions can
+run through an optimised kernel, and only the placeholder column of P is computed explicitly.
+
+Tensors follow ComfyUI's attention convention: (batch, tokens, heads * dim_head).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+AttentionFn = Callable[..., torch.Tensor]  # (q, k, v, heads, **kwargs) -> (b, n, heads * dim_head)
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(b, n, h * d) -> (b, h, n, d)."""
+    b, n, inner = x.shape
+    return x.view(b, n, heads, inner // heads).transpose(1, 2)
+
+
+def placeholder_selection(context: torch.Tensor, fingerprints: torch.Tensor) -> torch.Tensor:
+    """One-hot (b, T) of the first context token equal to any fingerprint; all-zero rows when absent.
+
+    ``fingerprints`` (m, width) are the text-encoder outputs at the placeholder, in context's dtype.
+    The comparison is exact: conditioning nodes copy these vectors (concat, combine, time ranges,
+    padding to a common length) but never change their values.
+    """
+    matches = (context.unsqueeze(2) == fingerprints.view(1, 1, *fingerprints.shape)).all(-1).any(-1)
+    first = matches & (matches.cumsum(dim=-1) == 1)
+    return first.to(context.dtype)
+
+
+def placeholder_gate(q: torch.Tensor, k: torch.Tensor, selection: torch.Tensor, heads: int,
+                     per_sample: bool = True) -> torch.Tensor:
+    """The placeholder's text-attention probability per head and query, normalised by its maximum
+    over heads and positions of each sample: (b, heads, n), fp32. Zero for rows without a placeholder.
+
+    ``per_sample=False`` takes one maximum over the whole batch, as the reference's training step does
+    (it folds the batch into one tensor); at inference the reference runs one sample at a time.
+
+    Only the placeholder's column of the softmax is formed: its logit, minus the log-sum-exp of all
+    logits (computed in q's dtype, reduced in fp32).
+    """
+    qh = split_heads(q, heads)
+    scale = qh.shape[-1] ** -0.5
+    logits = torch.matmul(qh, split_heads(k, heads).transpose(-1, -2)).float().mul_(scale)  # (b, h, n, T)
+    chosen = torch.einsum("bhnt,bt->bhn", logits, selection.float())
+    present = selection.amax(dim=-1).float().view(-1, 1, 1)
+    gate = torch.exp(chosen - torch.logsumexp(logits, dim=-1)) * present
+    peak = gate.amax(dim=(1, 2), keepdim=True) if per_sample else gate.amax()
+    return gate / peak.clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def local_term(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    selection: torch.Tensor,
+    k_local: torch.Tensor,
+    v_local: torch.Tensor,
+    heads: int,
+    scale: torch.Tensor | float,
+    attention: AttentionFn,
+    per_sample: bool = True,
+) -> torch.Tensor:
+    """λ · A ⊙ attention(q, k_local, v_local), in q's dtype: the term ELITE adds before ``to_out``.
+
+    The local attention asks for an fp32 softmax (``attn_precision``), as the gate's is.
+    ``per_sample`` is :func:`placeholder_gate`'s.
+    """
+    b, n, inner = q.shape
+    gate = placeholder_gate(q, k, selection, heads, per_sample)  # (b, h, n)
+    if k_local.shape[0] != b:
+        k_local, v_local = k_local.expand(b, -1, -1), v_local.expand(b, -1, -1)
+    local = attention(q, k_local, v_local, heads, attn_precision=torch.float32).view(b, n, heads, inner // heads)
+    weight = (gate.transpose(1, 2).unsqueeze(-1) * scale).to(q.dtype)  # (b, n, h, 1)
+    return (local * weight).reshape(b, n, inner)
