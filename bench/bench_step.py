@@ -34,7 +34,9 @@ CONFIGS = ("unpatched", "global", "global+local", "global+local+map")
 
 def setup_comfy():
     sys.path.insert(0, os.environ.get("ELITE_COMFYUI_DIR", str(REPO / ".cache" / "comfyui")))
-    sys.path.insert(0, str(REPO / "tests"))
+    # the repository root, for elite_test_pack: after ComfyUI, whose nodes.py the
+    # repository's nodes/ must not shadow
+    sys.path.insert(1, str(REPO))
     from comfy.cli_args import args
 
     args.cpu = True
@@ -45,8 +47,8 @@ def build_inputs(seed: int = 0):
     """A real-size SD1.5 UNet, a random concept with official mapper widths, and CFG contexts."""
     import comfy.model_patcher
     import comfy.supported_models
-    from comfy_test_pack.pack_import import elite_core_module
-    from comfy_test_pack.tiny_models import seeded_init_, tiny_sd15_unet_config
+    from elite_test_pack.pack_import import elite_core_module
+    from elite_test_pack.tiny_models import seeded_init_, tiny_sd15_unet_config
 
     concept_mod, mappers, sites = (elite_core_module(m) for m in ("concept", "mappers", "sites"))
     cpu = torch.device("cpu")
@@ -72,7 +74,7 @@ def build_inputs(seed: int = 0):
 
 
 def configure(model, concept, positive, config: str):
-    from comfy_test_pack.pack_import import elite_core_module
+    from elite_test_pack.pack_import import elite_core_module
 
     adapter = elite_core_module("comfy_adapter")
     if config == "global":
@@ -115,7 +117,7 @@ def attn2_seconds(model, context, size: int, reps: int = 5) -> tuple[float, floa
     Many repetitions of these small calls time ELITE's extra work far more steadily than whole steps.
     """
     from comfy.ldm.modules.attention import optimized_attention
-    from comfy_test_pack.pack_import import elite_core_module
+    from elite_test_pack.pack_import import elite_core_module
 
     options = model.model_options["transformer_options"]
     (probe,) = options["patches"]["attn2_patch"]

@@ -23,11 +23,15 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from comfy_test_pack.comfy_server import run_prompt, running_server  # noqa: E402
-from comfy_test_pack.pack_import import elite_core_module  # noqa: E402
-from comfy_test_pack.tiny_models import tiny_mapper_state_dict  # noqa: E402
-from comfy_test_pack.workflows import with_tiny_models, write_concept_image  # noqa: E402
+# elite_test_pack (the tiny RANDOM demo models) from the repository root; appended, so that the
+# repository's folders (nodes/ above all) never shadow ComfyUI's modules in a process that imports
+# both (the tests import this script).
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
+from elite_test_pack.comfy_server import run_prompt, running_server  # noqa: E402
+from elite_test_pack.pack_import import elite_core_module  # noqa: E402
+from elite_test_pack.tiny_models import tiny_mapper_state_dict  # noqa: E402
+from elite_test_pack.workflows import with_tiny_models, write_concept_image  # noqa: E402
 
 log = logging.getLogger("elite.demo")
 RANDOM_GLOBAL = "demo_random_global_mapper.safetensors"
@@ -69,7 +73,7 @@ def prepare_base(base: Path, models: Path, real: dict | None, image: Path | None
     shutil.rmtree(custom, ignore_errors=True)
     custom.mkdir(parents=True)
     (custom / "comfyui-elite").symlink_to(REPO, target_is_directory=True)
-    (custom / "elite_demo_pack").symlink_to(REPO / "tests" / "comfy_test_pack", target_is_directory=True)
+    (custom / "elite_demo_pack").symlink_to(REPO / "elite_test_pack", target_is_directory=True)
     (base / "input").mkdir(exist_ok=True)
     if image:
         shutil.copy(image, base / "input" / "elite_concept.png")

@@ -2,8 +2,10 @@
 
 At import time this:
 1. puts ComfyUI on sys.path and configures it for the CPU with a throw-away base directory;
-2. links the ELITE pack and the tiny-model test pack into <base>/custom_nodes and loads both
-   through ComfyUI's own custom-node loader;
+2. links the ELITE pack (the repository) and the tiny-model test pack (elite_test_pack/ at the
+   repository root) into <base>/custom_nodes and loads both through ComfyUI's own custom-node
+   loader; the loaded test pack is registered as ``elite_test_pack``, so tests import its helpers
+   by that name and get the very modules ComfyUI loaded;
 3. writes tiny random ELITE mapper files (official key names) into <base>/models/elite.
 
 Session fixtures then hand out tiny, seeded models in the real SD1.x layouts.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import pkgutil
 import shutil
 import sys
 import tempfile
@@ -30,7 +33,8 @@ if not (COMFY_DIR / "main.py").is_file():
 BASE_DIR = Path(tempfile.mkdtemp(prefix="elite-comfy-base-"))
 CUSTOM_NODES = BASE_DIR / "custom_nodes"
 PACK_LINK = CUSTOM_NODES / "comfyui-elite"
-TEST_PACK_LINK = CUSTOM_NODES / "elite_test_pack"
+TEST_PACK = "elite_test_pack"
+TEST_PACK_LINK = CUSTOM_NODES / TEST_PACK
 ELITE_MODELS = BASE_DIR / "models" / "elite"
 TINY_GLOBAL_MAPPER = "tiny_global_mapper.safetensors"
 TINY_GLOBAL_MAPPER_PT = "tiny_global_mapper.pt"
@@ -39,7 +43,7 @@ TINY_LOCAL_MAPPER = "tiny_local_mapper.safetensors"
 CUSTOM_NODES.mkdir(parents=True)
 ELITE_MODELS.mkdir(parents=True)
 PACK_LINK.symlink_to(REPO, target_is_directory=True)
-TEST_PACK_LINK.symlink_to(REPO / "tests" / "comfy_test_pack", target_is_directory=True)
+TEST_PACK_LINK.symlink_to(REPO / TEST_PACK, target_is_directory=True)
 
 sys.path.insert(0, str(COMFY_DIR))
 from comfy.cli_args import args  # noqa: E402
@@ -58,12 +62,15 @@ for pack_dir in (PACK_LINK, TEST_PACK_LINK):
 if not asyncio.run(nodes.load_custom_node(str(COMFY_DIR / "comfy_extras" / "nodes_mask.py"), module_parent="comfy_extras")):
     raise RuntimeError("ComfyUI failed to load comfy_extras/nodes_mask.py")
 
+# ComfyUI imported the test pack under a name made of its path. Its modules are imported under that
+# name too (their relative imports resolve there) and registered as elite_test_pack.*, before anything
+# imports elite_test_pack otherwise: one set of module objects serves ComfyUI's nodes and the tests.
 test_pack = sys.modules[str(TEST_PACK_LINK).replace(".", "_x_")]
-sys.modules["elite_test_pack"] = test_pack
-for _name in ("tiny_models", "pack_import", "workflows", "comfy_server"):
-    sys.modules[f"elite_test_pack.{_name}"] = importlib.import_module(f"{test_pack.__name__}.{_name}")
-from elite_test_pack.pack_import import alias_loaded_pack  # noqa: E402
+sys.modules[TEST_PACK] = test_pack
+for _module in pkgutil.iter_modules(test_pack.__path__):
+    sys.modules[f"{TEST_PACK}.{_module.name}"] = importlib.import_module(f"{test_pack.__name__}.{_module.name}")
 from elite_test_pack import tiny_models  # noqa: E402
+from elite_test_pack.pack_import import alias_loaded_pack  # noqa: E402
 
 alias_loaded_pack()
 _GLOBAL_STATE = tiny_models.tiny_mapper_state_dict(seed=10)

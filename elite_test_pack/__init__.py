@@ -1,7 +1,15 @@
 """Test and demo node pack: loaders that return tiny RANDOM models in the real SD1.x layouts.
 
 It lets whole ELITE workflows run through a real ComfyUI without any model file. The images it
-produces are noise: nothing here is a trained model.
+produces are noise: nothing here is a trained model. RANDOM weights, for the tests and the demo
+only; it is not shipped (.comfyignore leaves it out of the Registry package).
+
+Two ways in, one package:
+
+* ComfyUI loads it as a custom node pack: tests/conftest.py links it into
+  ``<base>/custom_nodes/elite_test_pack``, loads it with ComfyUI's own loader and registers the
+  loaded module as ``elite_test_pack``; scripts/demo.py links it into its demo base folder.
+* Scripts and benchmarks import it as ``elite_test_pack`` with the repository root on sys.path.
 """
 
 import functools
