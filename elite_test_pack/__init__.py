@@ -10,6 +10,12 @@ Two ways in, one package:
   ``<base>/custom_nodes/elite_test_pack``, loads it with ComfyUI's own loader and registers the
   loaded module as ``elite_test_pack``; scripts/demo.py links it into its demo base folder.
 * Scripts and benchmarks import it as ``elite_test_pack`` with the repository root on sys.path.
+
+Besides the nodes, its modules hold the helpers the tests share (none of them is a test):
+tiny models (``tiny_models``, ``tiny_metric_models``, ``tiny_training_models``), workflow helpers
+(``workflows``, ``in_process``, ``comfy_server``), direct UNet calls (``unet_calls``), the
+trainer's command line (``elite_trainer_runs``) and the independent re-statements of the
+reference maths that the parity tests compare against (the ``reference_*`` modules).
 """
 
 import functools

@@ -1,8 +1,23 @@
-"""Workflow helpers for tests and the demo: UI-format -> API-format, and swapping in tiny models."""
+"""Workflow helpers for tests and the demo: UI-format -> API-format, swapping in tiny models, and the
+API-format twins of the shipped examples."""
 
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The API-format twins of example_workflows/*.json (test data; test_workflows.py checks each against
+# the conversion of its UI workflow).
+API_WORKFLOWS = REPO_ROOT / "tests" / "api_workflows"
+EXAMPLES = ["elite_global", "elite_global_local", "elite_prepare_from_photo", "elite_saved_concept", "elite_two_concepts",
+            "elite_with_lora", "catversion_teddybear", "catversion_train_then_apply"]
+# The tiny RANDOM mapper files tests/conftest.py writes into models/elite (tiny_mapper_state_dict
+# seeds 10 and 11).
+TINY_GLOBAL_MAPPER = "tiny_global_mapper.safetensors"
+TINY_GLOBAL_MAPPER_PT = "tiny_global_mapper.pt"
+TINY_LOCAL_MAPPER = "tiny_local_mapper.safetensors"
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}  # notes live in the graph, never in the prompt
@@ -81,6 +96,22 @@ def save_node_id(prompt: dict) -> str:
     """The id of the workflow's (only) Save Image node."""
     (node_id,) = [key for key, node in prompt.items() if node["class_type"] == "SaveImage"]
     return node_id
+
+
+def needs_shared_data(name: str) -> bool:
+    """The examples that load the authors' CatVersion adapters (../shared)."""
+    return name == "catversion_teddybear"
+
+
+def api_workflow(name: str) -> dict:
+    """The API-format twin of the shipped example ``name``, as tests/api_workflows holds it."""
+    return json.loads((API_WORKFLOWS / f"{name}.json").read_text())
+
+
+def tiny_prompt(name: str, mapper_name: str = TINY_GLOBAL_MAPPER, local_mapper_name: str | None = TINY_LOCAL_MAPPER,
+                **tiny) -> dict:
+    """The shipped example ``name`` on the tiny RANDOM models and (by default) the tiny mapper files."""
+    return with_tiny_models(api_workflow(name), mapper_name, local_mapper_name, **tiny)
 
 
 CONCEPT_PHOTOS = {"concept_photo_1.png": (96, 80), "concept_photo_2.png": (64, 64), "concept_photo_3.png": (128, 96)}

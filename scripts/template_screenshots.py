@@ -53,10 +53,9 @@ def _after_run(url: str, chromium: str, node: str, base: Path, pictures: Path) -
     """The Prepare Concept template queued through the frontend on tiny random weights (the demo's),
     then shot with its previews: the exact CLIP input, the token grid and the attention overlay."""
     from demo import RANDOM_GLOBAL, RANDOM_LOCAL
-    from elite_test_pack.workflows import with_tiny_models
+    from elite_test_pack.workflows import tiny_prompt
 
-    twin = json.loads((REPO / "tests" / "api_workflows" / f"{RUN_TEMPLATE}.json").read_text())
-    prompt = with_tiny_models(twin, RANDOM_GLOBAL, RANDOM_LOCAL, size=128, steps=4)
+    prompt = tiny_prompt(RUN_TEMPLATE, RANDOM_GLOBAL, RANDOM_LOCAL, size=128, steps=4)
     swaps = base / "swaps.json"
     swaps.write_text(json.dumps({RUN_TEMPLATE: prompt}))
     shots = base / "shots-run"

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from comfyui_elite.elite_core import attn2_patches, comfy_adapter
 from comfyui_elite.elite_core.attention_maps import AttentionRecorder, layer_grid
 from comfyui_elite.nodes.nodes_attention_map import ELITEAttentionMap
-from elite_fixtures import cfg_batch, unet_eps
-from test_local_attention import elite  # noqa: F401  (the encoded concept and its prompts, a fixture)
+from elite_test_pack.unet_calls import cfg_batch, unet_eps
+
 
 def restated_map(calls, index, latent):
     """Per call: heads split, softmax over the text tokens of q.k / sqrt(d), the column of S, divided

@@ -19,9 +19,9 @@ from safetensors.torch import save_file
 from comfyui_elite.elite_core.checkpoint import save_mapper_safetensors
 from comfyui_elite.nodes.nodes_attn_patch import ELITELocalAttnPatch
 from conftest import BASE_DIR, ELITE_MODELS, TINY_GLOBAL_MAPPER, TINY_GLOBAL_MAPPER_PT, TINY_LOCAL_MAPPER
+from elite_test_pack.in_process import submit as validate_and_run
 from elite_test_pack.tiny_models import tiny_mapper_state_dict
-from test_workflows import submit as validate_and_run
-from test_workflows import tiny_prompt
+from elite_test_pack.workflows import tiny_prompt
 
 SAVE, CKPT, GLOBAL_LOADER, LOAD_IMAGE, ENCODER, CONDITIONING, PATCH, LOCAL_LOADER = "12", "1", "3", "4", "5", "6", "8", "13"
 

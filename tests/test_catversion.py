@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from catversion_reference import official_flat_to_layers, reference_text_encoder
 from comfyui_elite.elite_core.catversion import (
     CatVersionFormatError,
     CatVersionPrefix,
@@ -20,6 +19,7 @@ from comfyui_elite.elite_core.catversion import (
 from comfyui_elite.elite_core.input_checks import ELITEInputError
 from comfyui_elite.nodes.nodes_catversion import CatVersionApply, CatVersionLoader
 from conftest import CATVERSION_CONCEPTS, CATVERSION_DATA, CATVERSION_MODELS, ELITE_MODELS, TINY_GLOBAL_MAPPER
+from elite_test_pack.reference_catversion import official_flat_to_layers, reference_text_encoder
 from elite_test_pack.tiny_models import build_tiny_clip
 
 PROMPTS = ["teddybear on the beach", "a colorful_teapot cake, studio light"]

@@ -15,7 +15,6 @@ import torch
 from PIL import Image, ImageOps
 
 import comfy.model_management
-from catversion_reference import official_flat_to_layers, reference_text_encoder
 from comfyui_elite.elite_core import comfy_catversion_training as training
 from comfyui_elite.elite_core.catversion import CatVersionPrefix, prefixes_from_flat, read_catversion_file
 from comfyui_elite.elite_core.catversion_training import (
@@ -31,6 +30,7 @@ from comfyui_elite.elite_core.catversion_training import (
 from comfyui_elite.elite_core.input_checks import ELITEInputError
 from comfyui_elite.nodes.nodes_catversion import CatVersionApply, CatVersionLoader, CatVersionTrain
 from conftest import CATVERSION_MODELS, COMFY_DIR
+from elite_test_pack.reference_catversion import official_flat_to_layers, reference_text_encoder
 from elite_test_pack.tiny_models import build_tiny_clip, build_tiny_sd15_model, build_tiny_vae
 
 REPO = Path(__file__).resolve().parents[1]

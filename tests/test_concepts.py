@@ -14,7 +14,7 @@ import folder_paths
 from comfyui_elite.elite_core import comfy_adapter
 from comfyui_elite.nodes.nodes_concepts import ELITELoadConcept, ELITESaveConcept
 from conftest import BASE_DIR
-from elite_fixtures import cfg_batch, unet_eps
+from elite_test_pack.unet_calls import cfg_batch, unet_eps
 
 PROMPT = "a photo of S on the beach"
 

@@ -21,7 +21,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import BASE_DIR, COMFY_DIR, ELITE_MODELS
-from test_elite_training import build_training_models
+from elite_test_pack.elite_trainer_runs import LAUNCH_ENV, launch, launch_command, log_column, losses
+from elite_test_pack.in_process import run_prompt
+from elite_test_pack.tiny_training_models import build_training_models
+from elite_test_pack.workflows import tiny_prompt, with_tiny_models
 
 pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyUI code
 
@@ -79,37 +82,6 @@ def test_folder_data_is_seeded_and_skips_unreadable_files(data):
     assert reference_caption("the photo of a {}") == "ahe photo of a S"
     assert reference_placeholder_index("a photo of a S") == 5
     assert reference_placeholder_index("a close-up photo of a S") == 6  # a word index used as a token index
-
-
-def launch_command(output: Path, base_model: Path, data: Path, *extra: str, processes: int = 1) -> list[str]:
-    """Several processes go through `accelerate launch` (gloo on the CPU); one process runs the module
-    directly, which accelerate supports as well and which saves the launcher's start-up."""
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--num_cpu_threads_per_process", "1"] if processes > 1 else [sys.executable]
-    return [*launcher, "-m", "elite_training.elite", "--pretrained", str(base_model),
-            "--image-encoder", str(base_model / "image_encoder"), "--data", str(data), "--output-dir", str(output),
-            "--resolution", "64", "--gradient-accumulation", "1", "--learning-rate", "1e-3", "--cpu",
-            "--validation-images", "0", *extra]
-
-
-LAUNCH_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
-
-
-def launch(tmp_path: Path, base_model: Path, data: Path, out: str, *extra: str, processes: int = 1) -> Path:
-    output = tmp_path / out
-    command = launch_command(output, base_model, data, *extra, processes=processes)
-    done = subprocess.run(command, cwd=REPO, env=LAUNCH_ENV, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return output
-
-
-def log_column(output: Path, name: str) -> list[float]:
-    return [json.loads(line)[name] for line in (output / "train_log.jsonl").read_text().splitlines()]
-
-
-def losses(output: Path) -> list[float]:
-    return log_column(output, "loss")
 
 
 # Two processes x batch 1 x accumulation 2 hold the same global batch of 4 samples (in the same
@@ -224,8 +196,6 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, base_model, data, one
     assert not all(torch.equal(a[k], halfway[k]) for k in a)
     # the trained file is what the loader node reads: copy it into models/elite and run the workflow
     shutil.copyfile(whole / "global_mapper.safetensors", ELITE_MODELS / "trained_global.safetensors")
-    from test_workflows import run_prompt, tiny_prompt
-
     prompt = tiny_prompt("elite_global")
     for node in prompt.values():
         if node["class_type"] == "ELITEGlobalMapperLoader":
@@ -287,9 +257,6 @@ def test_bf16_global_stage_then_the_local_stage_train_and_run_in_comfyui(tmp_pat
     assert len(losses(local)) == 2 and all(np.isfinite(losses(local)))
     shutil.copyfile(trained_global / "global_mapper.safetensors", ELITE_MODELS / "trained_g.safetensors")
     shutil.copyfile(local / "local_mapper.safetensors", ELITE_MODELS / "trained_l.safetensors")
-    from elite_test_pack.workflows import with_tiny_models
-    from test_workflows import run_prompt
-
     api = json.loads((REPO / "tests" / "api_workflows" / "elite_global_local.json").read_text())
     executor = run_prompt(with_tiny_models(api, "trained_g.safetensors", "trained_l.safetensors"))
     assert executor.success, [m for m in executor.status_messages if m[0] == "execution_error"]

@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 from conftest import COMFY_DIR
+from elite_test_pack.reference_elite_training import ReferenceLocalAttention, reference_context
 from elite_test_pack.tiny_models import TINY_VISION_WIDTH
-from test_elite_training import ReferenceLocalAttention, build_training_models, reference_context
+from elite_test_pack.tiny_training_models import build_training_models
 
 pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyUI code
 

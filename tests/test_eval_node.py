@@ -12,8 +12,8 @@ from comfyui_elite.elite_core.example_concepts import load_example
 from comfyui_elite.elite_core.input_checks import ELITEInputError
 from comfyui_elite.nodes.nodes_score import ELITEScore
 from conftest import BASE_DIR, COMFY_DIR
+from elite_test_pack.in_process import run_prompt, submit
 from elite_test_pack.tiny_metric_models import save_clip_folder, tiny_clip, tiny_dino
-from test_workflows import run_prompt, submit
 
 TOKENIZER_DIR = COMFY_DIR / "comfy" / "sd1_tokenizer"
 CLIP_FILE = "tiny-clip-vit-b-32.safetensors"

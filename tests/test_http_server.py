@@ -12,8 +12,7 @@ import requests
 
 from conftest import BASE_DIR, CATVERSION_DATA, COMFY_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
 from elite_test_pack.comfy_server import run_prompt, running_server, wait_for_history
-from elite_test_pack.workflows import with_tiny_models
-from test_workflows import EXAMPLES, needs_shared_data, tiny_prompt
+from elite_test_pack.workflows import EXAMPLES, needs_shared_data, tiny_prompt, with_tiny_models
 
 TESTS = Path(__file__).resolve().parent
 API_TWIN = TESTS / "api_workflows" / "elite_global_local.json"

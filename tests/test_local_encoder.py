@@ -8,8 +8,7 @@ import torch
 from comfyui_elite.elite_core import comfy_adapter
 from comfyui_elite.elite_core.clip_input import mask_patch_grid, object_image, prepare_object_mask, squash_to_clip_input
 from comfyui_elite.nodes.nodes_encoder import ELITEEncoder
-from test_encoder import hooked_block_outputs
-from test_mappers import reference_mlp
+from elite_test_pack.reference_encoder import hooked_block_outputs, reference_mlp
 
 
 def reference_patch_mask(mask_hw: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from comfyui_elite.elite_core import attn2_patches, comfy_adapter
 from comfyui_elite.elite_core.attn2_patches import ELITEAttn2Replace
 from comfyui_elite.nodes.nodes_conditioning import ELITEConditioning
-from elite_fixtures import cfg_batch, unet_eps
+from elite_test_pack.unet_calls import cfg_batch, unet_eps
 
 PROMPT = "a photo of S next to T on the beach"
 
