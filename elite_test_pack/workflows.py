@@ -1,5 +1,5 @@
-"""Workflow helpers for tests and the demo: UI-format -> API-format, swapping in tiny models, and the
-API-format twins of the shipped examples."""
+"""Workflow helpers for tests and the demo: UI-format -> API-format, swapping in tiny models, the
+API-format twins of the shipped examples, and finding a node of a prompt by its class."""
 
 from __future__ import annotations
 
@@ -92,10 +92,29 @@ def with_tiny_models(prompt: dict, mapper_name: str, local_mapper_name: str | No
     return prompt
 
 
+def node_ids(prompt: dict, class_type: str) -> list[str]:
+    """The ids of an API-format prompt's nodes of one class, in the prompt's order."""
+    return [key for key, node in prompt.items() if node["class_type"] == class_type]
+
+
+def node_id(prompt: dict, class_type: str) -> str:
+    """The id of an API-format prompt's only node of ``class_type`` (an error when it has none or several)."""
+    found = node_ids(prompt, class_type)
+    if len(found) != 1:
+        raise LookupError(f"the prompt has {len(found)} {class_type} nodes ({found}), not exactly one")
+    return found[0]
+
+
+def add_node(prompt: dict, class_type: str, **inputs) -> str:
+    """Add a node to an API-format prompt under an id no node has; return that id."""
+    new_id = str(max((int(key) for key in prompt if key.isdigit()), default=0) + 1)
+    prompt[new_id] = {"class_type": class_type, "inputs": inputs}
+    return new_id
+
+
 def save_node_id(prompt: dict) -> str:
     """The id of the workflow's (only) Save Image node."""
-    (node_id,) = [key for key, node in prompt.items() if node["class_type"] == "SaveImage"]
-    return node_id
+    return node_id(prompt, "SaveImage")
 
 
 def needs_shared_data(name: str) -> bool:

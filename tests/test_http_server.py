@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import BASE_DIR, CATVERSION_DATA, COMFY_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
+from conftest import BASE_DIR, CATVERSION_DATA, COMFY_DIR, TINY_GLOBAL_MAPPER
 from elite_test_pack.comfy_server import run_prompt, running_server, wait_for_history
-from elite_test_pack.workflows import EXAMPLES, needs_shared_data, tiny_prompt, with_tiny_models
+from elite_test_pack.workflows import EXAMPLES, api_workflow, needs_shared_data, node_id, save_node_id, tiny_prompt
 
 TESTS = Path(__file__).resolve().parent
-API_TWIN = TESTS / "api_workflows" / "elite_global_local.json"
 CACHE = Path(os.environ.get("ELITE_CACHE", TESTS.parent / ".cache"))  # where scripts/bootstrap.sh installs
 FRONTEND_MODULES = CACHE / "frontend-check" / "node_modules"
 NEWEST_FRONTEND = CACHE / "frontend-newest"
@@ -81,17 +80,17 @@ def test_every_node_has_a_help_page_the_server_serves(server):
 
 def test_workflow_over_http_produces_an_image(server):
     url, _ = server
-    prompt = with_tiny_models(json.loads(API_TWIN.read_text()), TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER)
-    prompt["12"]["inputs"]["filename_prefix"] = "ELITE_http"
+    prompt = tiny_prompt("elite_global_local")
+    prompt[save_node_id(prompt)]["inputs"]["filename_prefix"] = "ELITE_http"
     entry = run_prompt(url, prompt, timeout=300)
-    (image,) = entry["outputs"]["12"]["images"]
+    (image,) = entry["outputs"][save_node_id(prompt)]["images"]
     assert (BASE_DIR / "output" / image["subfolder"] / image["filename"]).is_file()
 
 
 def test_a_failing_workflow_reports_the_elite_message(server):
     url, _ = server
-    prompt = with_tiny_models(json.loads(API_TWIN.read_text()), TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER)
-    prompt["6"]["inputs"]["placeholder"] = "zebra crossing"
+    prompt = tiny_prompt("elite_global_local")
+    prompt[node_id(prompt, "ELITEConditioning")]["inputs"]["placeholder"] = "zebra crossing"
     with pytest.raises(RuntimeError, match="must be a single word without spaces"):
         run_prompt(url, prompt, timeout=300)
 
@@ -102,8 +101,8 @@ def test_a_failing_workflow_reports_the_elite_message(server):
 def test_a_missing_mapper_is_refused_at_validation_over_http(server):
     """HTTP 400 with the node's error."""
     url, _ = server
-    missing = with_tiny_models(json.loads(API_TWIN.read_text()), TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER)
-    missing["13"]["inputs"]["mapper_name"] = "local_mapper.pt"
+    missing = tiny_prompt("elite_global_local")
+    missing[node_id(missing, "ELITELocalMapperLoader")]["inputs"]["mapper_name"] = "local_mapper.pt"
     with pytest.raises(RuntimeError, match=r"ELITE mapper 'local_mapper.pt' was not found.*Put local_mapper.pt"):
         run_prompt(url, missing, timeout=300)
 
@@ -111,8 +110,8 @@ def test_a_missing_mapper_is_refused_at_validation_over_http(server):
 def test_a_nan_strength_is_refused_by_the_node_over_http(server):
     """A NaN λ, which JSON clients can send, is refused by the node while executing."""
     url, _ = server
-    prompt = with_tiny_models(json.loads(API_TWIN.read_text()), TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER)
-    prompt["8"]["inputs"]["strength"] = float("nan")
+    prompt = tiny_prompt("elite_global_local")
+    prompt[node_id(prompt, "ELITELocalAttnPatch")]["inputs"]["strength"] = float("nan")
     reply = requests.post(f"{url}/prompt", data=json.dumps({"prompt": prompt}),  # json.dumps writes NaN
                           headers={"Content-Type": "application/json"}, timeout=60)
     assert reply.status_code == 200, reply.text
@@ -204,7 +203,7 @@ def _api_nodes(prompt: dict) -> dict:
 
 
 def _twin(name: str) -> dict:
-    return json.loads((TESTS / "api_workflows" / f"{name}.json").read_text())
+    return api_workflow(name)
 
 
 def _checked_examples() -> list[str]:

@@ -15,6 +15,7 @@ from elite_test_pack.workflows import (
     API_WORKFLOWS,
     EXAMPLES,
     needs_shared_data,
+    node_id,
     save_node_id,
     tiny_prompt,
     ui_to_api,
@@ -93,7 +94,7 @@ def execution_error(prompt) -> dict:
 ])
 def test_workflow_errors_reach_the_user(bad_prompt, message):
     prompt = tiny_prompt("elite_global")
-    prompt["6"]["inputs"]["text"] = bad_prompt
+    prompt[node_id(prompt, "ELITEConditioning")]["inputs"]["text"] = bad_prompt
     error = execution_error(prompt)
     assert message in error["exception_message"]
     assert error["node_type"] == "ELITEConditioning"
@@ -104,16 +105,19 @@ def test_the_saved_concept_templates_second_row_reuses_the_concept_without_encod
     row alone: the concept comes from the file, the encoder never runs."""
     from comfyui_elite.elite_core import comfy_adapter
 
-    executor = run_prompt(tiny_prompt("elite_saved_concept"))
+    shipped = tiny_prompt("elite_saved_concept")
+    save_concept = node_id(shipped, "ELITESaveConcept")
+    first_row_outputs = (save_node_id(shipped), save_concept)  # the second row is muted: not in the prompt
+    executor = run_prompt(shipped)
     assert executor.success
-    (saved,) = executor.history_result["outputs"]["14"]["text"]
+    (saved,) = executor.history_result["outputs"][save_concept]["text"]
     name = saved.split()[1].rstrip(";")
     workflow = json.loads((REPO / "example_workflows" / "elite_saved_concept.json").read_text())
     for node in workflow["nodes"]:
         node["mode"] = 0
     prompt = with_tiny_models(ui_to_api(workflow, nodes.NODE_CLASS_MAPPINGS), TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER)
-    prompt = {key: node for key, node in prompt.items() if key not in ("12", "14")}  # the first row's outputs
-    prompt["15"]["inputs"]["concept_name"] = name
+    prompt = {key: node for key, node in prompt.items() if key not in first_row_outputs}
+    prompt[node_id(prompt, "ELITELoadConcept")]["inputs"]["concept_name"] = name
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("the concept was encoded again")
@@ -121,4 +125,4 @@ def test_the_saved_concept_templates_second_row_reuses_the_concept_without_encod
     monkeypatch.setattr(comfy_adapter, "encode_concept", no_encoding)
     executor = run_prompt(prompt)
     assert executor.success, [m for m in executor.status_messages if m[0] == "execution_error"]
-    assert executor.history_result["outputs"]["20"]["images"]
+    assert executor.history_result["outputs"][save_node_id(prompt)]["images"]
