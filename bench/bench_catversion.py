@@ -32,7 +32,9 @@ PROMPT = "teddybear on the beach, golden hour, detailed photo"
 
 def setup_comfy():
     sys.path.insert(0, os.environ.get("ELITE_COMFYUI_DIR", str(REPO / ".cache" / "comfyui")))
-    sys.path.insert(0, str(REPO / "tests"))
+    # the repository root, for elite_test_pack: after ComfyUI, whose nodes.py the
+    # repository's nodes/ must not shadow
+    sys.path.insert(1, str(REPO))
     from comfy.cli_args import args
 
     args.cpu = True
@@ -46,8 +48,8 @@ def main(argv=None) -> int:
     parser.add_argument("--adapter", help="a CatVersion .bin/.safetensors (default: a random prefix)")
     args = parser.parse_args(argv)
     setup_comfy()
-    from comfy_test_pack.pack_import import elite_core_module
-    from comfy_test_pack.tiny_models import build_tiny_clip
+    from elite_test_pack.pack_import import elite_core_module
+    from elite_test_pack.tiny_models import build_tiny_clip
 
     catversion = elite_core_module("catversion.prefix")
     adapter_patch = elite_core_module("comfyui.catversion")

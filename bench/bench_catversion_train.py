@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def setup_comfy():
     sys.path.insert(0, os.environ.get("ELITE_COMFYUI_DIR", str(REPO / ".cache" / "comfyui")))
-    sys.path.insert(0, str(REPO / "tests"))
+    # the repository root, for elite_test_pack and elite_core: after ComfyUI, whose nodes.py the
+    # repository's nodes/ must not shadow
     sys.path.insert(1, str(REPO))
     from comfy.cli_args import args
 
@@ -71,8 +72,6 @@ def main(argv=None) -> int:
     parser.add_argument("--real-unet", action="store_true", help="the real SD1.5 UNet size (slow on a CPU)")
     args = parser.parse_args(argv)
     setup_comfy()
-    from comfy_test_pack.tiny_models import build_tiny_clip, build_tiny_sd15_model, build_tiny_vae
-
     from elite_core.catversion.training import (
         CatVersionRecipe,
         PrefixObjective,
@@ -83,6 +82,7 @@ def main(argv=None) -> int:
         squash_images,
     )
     from elite_core.comfyui.catversion_training import ComfyFrozenSD1, frozen_for_autograd
+    from elite_test_pack.tiny_models import build_tiny_clip, build_tiny_sd15_model, build_tiny_vae
 
     torch.manual_seed(0)
     overrides = {"model_channels": 320} if args.real_unet else {}

@@ -39,14 +39,16 @@ CONFIGS = ("clip", "global", "global+local")
 def setup_comfy(models_dir: str):
     comfy_dir = os.environ.get("ELITE_COMFYUI_DIR", str(REPO / ".cache" / "comfyui"))
     sys.path.insert(0, comfy_dir)
-    sys.path.insert(0, str(REPO / "tests"))
+    # the repository root, for elite_test_pack: after ComfyUI, whose nodes.py the
+    # repository's nodes/ must not shadow
+    sys.path.insert(1, str(REPO))
     from comfy.cli_args import args
 
     args.cpu = True
-    from comfy_test_pack.pack_import import elite_core_module
-
     import comfy.model_management  # noqa: F401
     import folder_paths
+
+    from elite_test_pack.pack_import import elite_core_module
 
     adapter = elite_core_module("comfyui.elite")
     adapter.register_model_folder()
@@ -56,9 +58,9 @@ def setup_comfy(models_dir: str):
 
 def real_size_clip_vision(comfy_dir: str, seed: int = 0):
     """CLIP ViT-L/14 vision (ComfyUI's own config and classes), seeded random weights, fp32."""
-    from comfy_test_pack.tiny_models import seeded_init_
-
     import comfy.clip_vision
+
+    from elite_test_pack.tiny_models import seeded_init_
 
     clip_vision = comfy.clip_vision.ClipVisionModel(os.path.join(comfy_dir, "comfy", "clip_vision_config_vitl.json"))
     clip_vision.model.to(torch.float32)
@@ -67,8 +69,8 @@ def real_size_clip_vision(comfy_dir: str, seed: int = 0):
 
 
 def write_official_size_mappers(folder: str) -> tuple[str, str]:
-    from comfy_test_pack.pack_import import elite_core_module
-    from comfy_test_pack.tiny_models import tiny_mapper_state_dict
+    from elite_test_pack.pack_import import elite_core_module
+    from elite_test_pack.tiny_models import tiny_mapper_state_dict
 
     checkpoint = elite_core_module("elite.checkpoint")
     names = []

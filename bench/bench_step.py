@@ -34,7 +34,9 @@ CONFIGS = ("unpatched", "global", "global+local", "global+local+map")
 
 def setup_comfy():
     sys.path.insert(0, os.environ.get("ELITE_COMFYUI_DIR", str(REPO / ".cache" / "comfyui")))
-    sys.path.insert(0, str(REPO / "tests"))
+    # the repository root, for elite_test_pack: after ComfyUI, whose nodes.py the
+    # repository's nodes/ must not shadow
+    sys.path.insert(1, str(REPO))
     from comfy.cli_args import args
 
     args.cpu = True
@@ -43,13 +45,13 @@ def setup_comfy():
 
 def build_inputs(seed: int = 0):
     """A real-size SD1.5 UNet, a random concept with official mapper widths, and CFG contexts."""
-    from comfy_test_pack.pack_import import elite_core_module
-    from comfy_test_pack.tiny_models import seeded_init_, tiny_sd15_unet_config
-
     import comfy.model_patcher
     import comfy.supported_models
 
-    concept_mod, mappers, sites = (elite_core_module(m) for m in ("concept", "mappers", "sites"))
+    from elite_test_pack.pack_import import elite_core_module
+    from elite_test_pack.tiny_models import seeded_init_, tiny_sd15_unet_config
+
+    concept_mod, mappers, sites = (elite_core_module(m) for m in ("elite.concept", "elite.mappers", "elite.sites"))
     cpu = torch.device("cpu")
     sd15 = comfy.supported_models.SD15({**tiny_sd15_unet_config(), "model_channels": 320})
     sd15.set_inference_dtype(torch.float32, None)
@@ -68,14 +70,14 @@ def build_inputs(seed: int = 0):
                                     models=(comfy.model_patcher.ModelPatcher(site_kv, cpu, cpu),))
     concept = concept_mod.ELITEConcept(words=torch.randn(1, 5, 768, generator=gen), global_kv=random_kv(), local=local)
     positive_ctx, negative_ctx = torch.randn(2, 1, 77, 768, generator=gen)
-    positive = [[positive_ctx, {elite_core_module("comfyui.elite").PLACEHOLDER_KEY: positive_ctx[:, 5].clone()}]]
+    positive = [[positive_ctx, {elite_core_module("comfyui.elite_patch").PLACEHOLDER_KEY: positive_ctx[:, 5].clone()}]]
     return model, concept, positive, torch.cat([negative_ctx, positive_ctx])
 
 
 def configure(model, concept, positive, config: str):
-    from comfy_test_pack.pack_import import elite_core_module
+    from elite_test_pack.pack_import import elite_core_module
 
-    adapter = elite_core_module("comfyui.elite")
+    adapter = elite_core_module("comfyui.elite_patch")
     if config == "global":
         return adapter.apply_global_kv(model, concept)
     if config == "global+local":
@@ -115,9 +117,9 @@ def attn2_seconds(model, context, size: int, reps: int = 5) -> tuple[float, floa
 
     Many repetitions of these small calls time ELITE's extra work far more steadily than whole steps.
     """
-    from comfy_test_pack.pack_import import elite_core_module
-
     from comfy.ldm.modules.attention import optimized_attention
+
+    from elite_test_pack.pack_import import elite_core_module
 
     options = model.model_options["transformer_options"]
     (probe,) = options["patches"]["attn2_patch"]

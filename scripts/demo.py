@@ -13,7 +13,6 @@ Models folder: $ELITE_DEMO_MODELS, or ./demo_models, laid out like ComfyUI's mod
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -23,11 +22,21 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from comfy_test_pack.comfy_server import run_prompt, running_server  # noqa: E402
-from comfy_test_pack.pack_import import elite_core_module  # noqa: E402
-from comfy_test_pack.tiny_models import tiny_mapper_state_dict  # noqa: E402
-from comfy_test_pack.workflows import with_tiny_models, write_concept_image  # noqa: E402
+# elite_test_pack (the tiny RANDOM demo models) from the repository root; appended, so that the
+# repository's folders (nodes/ above all) never shadow ComfyUI's modules in a process that imports
+# both (the tests import this script).
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
+from elite_test_pack.comfy_server import run_prompt, running_server  # noqa: E402
+from elite_test_pack.pack_import import elite_core_module  # noqa: E402
+from elite_test_pack.tiny_models import tiny_mapper_state_dict  # noqa: E402
+from elite_test_pack.workflows import (  # noqa: E402
+    api_workflow,
+    node_id,
+    save_node_id,
+    with_tiny_models,
+    write_concept_image,
+)
 
 log = logging.getLogger("elite.demo")
 RANDOM_GLOBAL = "demo_random_global_mapper.safetensors"
@@ -69,7 +78,7 @@ def prepare_base(base: Path, models: Path, real: dict | None, image: Path | None
     shutil.rmtree(custom, ignore_errors=True)
     custom.mkdir(parents=True)
     (custom / "comfyui-elite").symlink_to(REPO, target_is_directory=True)
-    (custom / "elite_demo_pack").symlink_to(REPO / "tests" / "comfy_test_pack", target_is_directory=True)
+    (custom / "elite_demo_pack").symlink_to(REPO / "elite_test_pack", target_is_directory=True)
     (base / "input").mkdir(exist_ok=True)
     if image:
         shutil.copy(image, base / "input" / "elite_concept.png")
@@ -94,19 +103,24 @@ def build_prompt(real: dict | None, steps: int | None, own_image: bool = False) 
     concept is the workflow's example cat, or with ``own_image`` input/elite_concept.png through
     Load Image (its MASK, the alpha, is 1 on the background: the encoder inverts it)."""
     workflow = "elite_global" if real is not None and "local" not in real else "elite_global_local"
-    prompt = json.loads((REPO / "tests" / "api_workflows" / f"{workflow}.json").read_text())
+    prompt = api_workflow(workflow)
+
+    def inputs(class_type: str) -> dict:
+        return prompt[node_id(prompt, class_type)]["inputs"]
+
     if own_image:
-        prompt["4"] = {"class_type": "LoadImage", "inputs": {"image": "elite_concept.png"}}
-        prompt["5"]["inputs"]["invert_mask"] = True
+        example = node_id(prompt, "ELITEExampleConcept")
+        prompt[example] = {"class_type": "LoadImage", "inputs": {"image": "elite_concept.png"}}
+        inputs("ELITEEncoder")["invert_mask"] = True
     if real is None:
         return with_tiny_models(prompt, RANDOM_GLOBAL, RANDOM_LOCAL)
-    prompt["1"]["inputs"]["ckpt_name"] = real["checkpoints"]
-    prompt["2"]["inputs"]["clip_name"] = real["clip_vision"]
-    prompt["3"]["inputs"]["mapper_name"] = real["global"]
+    inputs("CheckpointLoaderSimple")["ckpt_name"] = real["checkpoints"]
+    inputs("CLIPVisionLoader")["clip_name"] = real["clip_vision"]
+    inputs("ELITEGlobalMapperLoader")["mapper_name"] = real["global"]
     if "local" in real:
-        prompt["13"]["inputs"]["mapper_name"] = real["local"]
+        inputs("ELITELocalMapperLoader")["mapper_name"] = real["local"]
     if steps:
-        prompt["10"]["inputs"]["steps"] = steps
+        inputs("KSampler")["steps"] = steps
     return prompt
 
 
@@ -116,7 +130,7 @@ def run_demo(comfy: Path, base: Path, prompt: dict, real: bool, cpu: bool) -> Pa
     with running_server(comfy, base, server_log, extra, cpu=cpu) as url:
         log.info("ComfyUI is up at %s (log: %s); queueing the ELITE workflow", url, server_log)
         entry = run_prompt(url, prompt)
-    (image,) = entry["outputs"]["12"]["images"]
+    (image,) = entry["outputs"][save_node_id(prompt)]["images"]
     return base / "output" / image["subfolder"] / image["filename"]
 
 

@@ -2,7 +2,7 @@
 
 Each workflow is described once below as nodes with their linked inputs and widget values; links
 are derived from the inputs. The API-format twins under tests/api_workflows/ are produced from these
-files by the tests' converter (tests/comfy_test_pack/workflows.py) and checked by the test suite.
+files by the tests' converter (elite_test_pack/workflows.py) and checked by the test suite.
 """
 
 from __future__ import annotations

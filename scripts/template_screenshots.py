@@ -52,11 +52,11 @@ def _save(shot: Path, pictures: list[tuple[Path, tuple[int, int]]]) -> None:
 def _after_run(url: str, chromium: str, node: str, base: Path, pictures: Path) -> bool:
     """The Prepare Concept template queued through the frontend on tiny random weights (the demo's),
     then shot with its previews: the exact CLIP input, the token grid and the attention overlay."""
-    from comfy_test_pack.workflows import with_tiny_models
     from demo import RANDOM_GLOBAL, RANDOM_LOCAL
 
-    twin = json.loads((REPO / "tests" / "api_workflows" / f"{RUN_TEMPLATE}.json").read_text())
-    prompt = with_tiny_models(twin, RANDOM_GLOBAL, RANDOM_LOCAL, size=128, steps=4)
+    from elite_test_pack.workflows import tiny_prompt
+
+    prompt = tiny_prompt(RUN_TEMPLATE, RANDOM_GLOBAL, RANDOM_LOCAL, size=128, steps=4)
     swaps = base / "swaps.json"
     swaps.write_text(json.dumps({RUN_TEMPLATE: prompt}))
     shots = base / "shots-run"
@@ -75,9 +75,10 @@ def main(argv=None) -> int:
                         help=f"also shoot {RUN_TEMPLATE} after a run on tiny random demo weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sys.path.insert(0, str(REPO / "tests"))
-    sys.path.insert(0, str(REPO / "scripts"))
-    from comfy_test_pack.comfy_server import running_server
+    sys.path.insert(0, str(REPO / "scripts"))  # demo.py, whose random weights --run uses
+    if str(REPO) not in sys.path:  # elite_test_pack from the repository root
+        sys.path.append(str(REPO))
+    from elite_test_pack.comfy_server import running_server
 
     chromium, node = shutil.which("chromium"), shutil.which("node")
     if not (chromium and node and (FRONTEND_MODULES / "playwright-core").is_dir()):

@@ -16,8 +16,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # elite_training, elite_core and the test pack elite_test_pack
 
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
@@ -31,9 +30,8 @@ def main(out: str, batch: int, steps: int) -> None:
     accelerator = Accelerator(cpu=True)
     start_comfyui(find_comfyui(os.environ["ELITE_COMFYUI_DIR"]), cpu=True,
                   base_directory=tempfile.mkdtemp(prefix="catversion-accelerate-"))
-    from comfy_test_pack.tiny_models import build_tiny_clip, build_tiny_sd15_model, build_tiny_vae
-
     from elite_core.catversion.training import CatVersionRecipe
+    from elite_test_pack.tiny_models import build_tiny_clip, build_tiny_sd15_model, build_tiny_vae
 
     model, clip, vae = build_tiny_sd15_model(seed=0), build_tiny_clip(seed=1, real_size=True), build_tiny_vae(seed=2)
     images = torch.rand(3, 72, 88, 3, generator=torch.Generator().manual_seed(4))

@@ -2,11 +2,15 @@
 
 At import time this:
 1. puts ComfyUI on sys.path and configures it for the CPU with a throw-away base directory;
-2. links the ELITE pack and the tiny-model test pack into <base>/custom_nodes and loads both
-   through ComfyUI's own custom-node loader;
+2. links the ELITE pack (the repository) and the tiny-model test pack (elite_test_pack/ at the
+   repository root) into <base>/custom_nodes and loads both through ComfyUI's own custom-node
+   loader; the loaded test pack is registered as ``elite_test_pack``, so tests import its helpers
+   by that name and get the very modules ComfyUI loaded;
 3. writes tiny random ELITE mapper files (official key names) into <base>/models/elite.
 
-Session fixtures then hand out tiny, seeded models in the real SD1.x layouts.
+Session fixtures then hand out tiny, seeded models in the real SD1.x layouts; the fixtures that
+several test modules share live here too (never import one test module from another: plain helper
+functions belong in elite_test_pack).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import pkgutil
 import shutil
 import sys
 import tempfile
@@ -30,16 +35,14 @@ if not (COMFY_DIR / "main.py").is_file():
 BASE_DIR = Path(tempfile.mkdtemp(prefix="elite-comfy-base-"))
 CUSTOM_NODES = BASE_DIR / "custom_nodes"
 PACK_LINK = CUSTOM_NODES / "comfyui-elite"
-TEST_PACK_LINK = CUSTOM_NODES / "elite_test_pack"
+TEST_PACK = "elite_test_pack"
+TEST_PACK_LINK = CUSTOM_NODES / TEST_PACK
 ELITE_MODELS = BASE_DIR / "models" / "elite"
-TINY_GLOBAL_MAPPER = "tiny_global_mapper.safetensors"
-TINY_GLOBAL_MAPPER_PT = "tiny_global_mapper.pt"
-TINY_LOCAL_MAPPER = "tiny_local_mapper.safetensors"
 
 CUSTOM_NODES.mkdir(parents=True)
 ELITE_MODELS.mkdir(parents=True)
 PACK_LINK.symlink_to(REPO, target_is_directory=True)
-TEST_PACK_LINK.symlink_to(REPO / "tests" / "comfy_test_pack", target_is_directory=True)
+TEST_PACK_LINK.symlink_to(REPO / TEST_PACK, target_is_directory=True)
 
 sys.path.insert(0, str(COMFY_DIR))
 from comfy.cli_args import args  # noqa: E402
@@ -59,12 +62,16 @@ for pack_dir in (PACK_LINK, TEST_PACK_LINK):
 if not asyncio.run(nodes.load_custom_node(str(COMFY_DIR / "comfy_extras" / "nodes_mask.py"), module_parent="comfy_extras")):
     raise RuntimeError("ComfyUI failed to load comfy_extras/nodes_mask.py")
 
+# ComfyUI imported the test pack under a name made of its path. Its modules are imported under that
+# name too (their relative imports resolve there) and registered as elite_test_pack.*, before anything
+# imports elite_test_pack otherwise: one set of module objects serves ComfyUI's nodes and the tests.
 test_pack = sys.modules[str(TEST_PACK_LINK).replace(".", "_x_")]
-sys.modules["elite_test_pack"] = test_pack
-for _name in ("tiny_models", "pack_import", "workflows", "comfy_server"):
-    sys.modules[f"elite_test_pack.{_name}"] = importlib.import_module(f"{test_pack.__name__}.{_name}")
+sys.modules[TEST_PACK] = test_pack
+for _module in pkgutil.iter_modules(test_pack.__path__):
+    sys.modules[f"{TEST_PACK}.{_module.name}"] = importlib.import_module(f"{test_pack.__name__}.{_module.name}")
 from elite_test_pack import tiny_models  # noqa: E402
 from elite_test_pack.pack_import import alias_loaded_pack  # noqa: E402
+from elite_test_pack.workflows import TINY_GLOBAL_MAPPER, TINY_GLOBAL_MAPPER_PT, TINY_LOCAL_MAPPER  # noqa: E402
 
 alias_loaded_pack()
 _GLOBAL_STATE = tiny_models.tiny_mapper_state_dict(seed=10)
@@ -207,3 +214,69 @@ def concept_image() -> torch.Tensor:
     """A seeded 96x128 RGB IMAGE with uint8-exact values, as LoadImage produces."""
     gen = torch.Generator().manual_seed(5)
     return torch.randint(0, 256, (1, 96, 128, 3), generator=gen).float() / 255.0
+
+
+# --------------------------------------------------------------------------- shared by several test modules
+
+
+ELITE_PROMPT = "a photo of S on the beach"
+
+
+@pytest.fixture(scope="module")
+def elite(tiny_clip, tiny_clip_vision, global_mapper, local_mapper, concept_image) -> dict:
+    """ELITE on the tiny models: the concept image encoded with both mappers and an object mask,
+    ELITE_PROMPT conditioned on it and the empty negative prompt: ``concept``,
+    ``positive`` (CONDITIONING), ``pos`` and ``neg`` (their contexts), ``index`` (S's token) and the
+    local mapper's ``local_kv``."""
+    from comfyui_elite.elite_core.comfyui import elite as comfy_elite
+
+    mask = torch.zeros(1, 96, 128)
+    mask[:, 16:80, 24:104] = 1.0
+    concept = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, mask)
+    positive, injection = comfy_elite.concept_conditioning(tiny_clip, concept, ELITE_PROMPT, "S", all_words=False)
+    negative = tiny_clip.encode_from_tokens_scheduled(tiny_clip.tokenize(""))[0][0]
+    return {"concept": concept, "positive": positive, "pos": positive[0][0], "neg": negative,
+            "index": injection.index, "local_kv": local_mapper.kv}
+
+
+TRAINING_PROMPTS = ["a photo of S on the beach", "S"]  # placeholder at token 4 and at token 1
+
+
+@pytest.fixture(scope="module")
+def training_models():
+    """elite_test_pack.tiny_training_models.build_training_models(): (unet, text, vision, vae, tokenizer)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("diffusers")
+    from elite_test_pack.tiny_training_models import build_training_models
+
+    return build_training_models()
+
+
+@pytest.fixture()
+def training_batch(training_models) -> dict:
+    """A global-stage batch of two samples for ``training_models`` (TRAINING_PROMPTS, 16x16 latents)."""
+    from comfyui_elite.elite_core.elite.objectives import posterior_sample
+    from elite_test_pack.tiny_training_models import token_batch
+
+    unet, text, vision, vae, tokenizer = training_models
+    gen = torch.Generator().manual_seed(3)
+    pixels = torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1
+    with torch.no_grad():
+        latents = posterior_sample(vae, pixels, torch.randn(2, 4, 16, 16, generator=gen))
+    ids, index = token_batch(tokenizer, TRAINING_PROMPTS)
+    return dict(latents=latents, noise=torch.randn(2, 4, 16, 16, generator=gen), timesteps=torch.tensor([981, 37]),
+                pixels_clip=torch.randn(2, 3, 224, 224, generator=gen), input_ids=ids, placeholder_index=index)
+
+
+@pytest.fixture()
+def training_local_batch(training_batch) -> dict:
+    """``training_batch`` with the local stage's object images, segmentations and valid-region masks."""
+    gen = torch.Generator().manual_seed(8)
+    segmentation = torch.zeros(2, 3, 224, 224)
+    segmentation[0, :, 40:180, 60:200] = 1.0
+    segmentation[1, :, 100:224, 0:120] = 1.0
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[0] = 1.0
+    mask[1, :, 2:14, 3:12] = 1.0  # a small pasted object: the valid region only
+    return dict(training_batch, pixels_object=torch.randn(2, 3, 224, 224, generator=gen) * segmentation,
+                object_segmentation=segmentation, mask=mask)

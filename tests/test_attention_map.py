@@ -8,13 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from elite_fixtures import cfg_batch, unet_eps
-from test_local_attention import elite  # noqa: F401  (the encoded concept and its prompts, a fixture)
 
 from comfyui_elite.elite_core.comfyui import elite_patch
 from comfyui_elite.elite_core.elite import attn2_patches
 from comfyui_elite.elite_core.elite.attention_maps import AttentionRecorder, layer_grid
 from comfyui_elite.nodes.nodes_attention_map import ELITEAttentionMap
+from elite_test_pack.unet_calls import cfg_batch, unet_eps
 
 
 def restated_map(calls, index, latent):

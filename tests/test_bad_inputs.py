@@ -16,14 +16,17 @@ import torch
 from conftest import BASE_DIR, ELITE_MODELS, TINY_GLOBAL_MAPPER, TINY_GLOBAL_MAPPER_PT, TINY_LOCAL_MAPPER
 from PIL import Image
 from safetensors.torch import save_file
-from test_workflows import submit as validate_and_run
-from test_workflows import tiny_prompt
 
 from comfyui_elite.elite_core.elite.checkpoint import save_mapper_safetensors
 from comfyui_elite.nodes.nodes_attn_patch import ELITELocalAttnPatch
+from elite_test_pack.in_process import submit as validate_and_run
 from elite_test_pack.tiny_models import tiny_mapper_state_dict
+from elite_test_pack.workflows import add_node, node_id, save_node_id, tiny_prompt
 
-SAVE, CKPT, GLOBAL_LOADER, LOAD_IMAGE, ENCODER, CONDITIONING, PATCH, LOCAL_LOADER = "12", "1", "3", "4", "5", "6", "8", "13"
+# The nodes the cases change, by class (the good prompt runs the tiny models: its checkpoint loader is
+# the test pack's).
+CKPT, GLOBAL_LOADER, ENCODER = "ELITETestTinySD15Loader", "ELITEGlobalMapperLoader", "ELITEEncoder"
+CONDITIONING, PATCH, LOCAL_LOADER = "ELITEConditioning", "ELITELocalAttnPatch", "ELITELocalMapperLoader"
 
 
 def submit(prompt: dict) -> tuple[str, object]:
@@ -37,7 +40,7 @@ def submit(prompt: dict) -> tuple[str, object]:
     if not executor.success:
         (failure,) = [data for event, data in executor.status_messages if event == "execution_error"]
         return "failed", f"{failure['node_type']}: {failure['exception_message']}"
-    (image,) = executor.history_result["outputs"][SAVE]["images"]
+    (image,) = executor.history_result["outputs"][save_node_id(prompt)]["images"]
     return "ok", np.asarray(Image.open(BASE_DIR / "output" / image["subfolder"] / image["filename"]))
 
 
@@ -79,9 +82,10 @@ def mapper_file(request):
         path.unlink(missing_ok=True)
 
 
-def with_inputs(node: str, **inputs) -> dict:
+def with_inputs(class_type: str, **inputs) -> dict:
+    """The good prompt with some inputs of its (only) node of ``class_type`` changed."""
     prompt = good_prompt()
-    prompt[node]["inputs"].update(inputs)
+    prompt[node_id(prompt, class_type)]["inputs"].update(inputs)
     return prompt
 
 
@@ -136,7 +140,7 @@ def test_mapper_file_off_the_sd1_site_table_is_blamed_on_the_file(mapper_file, g
 
 def test_model_that_is_not_sd1_is_blamed_on_the_model(good_pixels):
     prompt = good_prompt()
-    prompt[CKPT]["inputs"]["context_dim"] = 1024
+    prompt[node_id(prompt, CKPT)]["inputs"]["context_dim"] = 1024
     assert_refused(prompt, good_pixels, "This MODEL (SD15) is not a Stable Diffusion 1.x UNet that ELITE can patch",
                    "attn2.to_k.weight is (32, 1024), but SD1.x cross-attention takes 768-wide CLIP-L text",
                    f"The ELITE global mapper '{TINY_GLOBAL_MAPPER}' is for SD1.x UNets: its cross-attention K/V are "
@@ -157,8 +161,10 @@ def _truncate(source: str, keep: float):
     ("empty.safetensors", lambda p: p.write_bytes(b""), ["'empty.safetensors' is empty (0 bytes)"]),
     ("empty.pt", lambda p: p.write_bytes(b""), ["'empty.pt' is empty (0 bytes)"]),
     ("cut.safetensors", _truncate(TINY_GLOBAL_MAPPER, 0.5), ["'cut.safetensors' is truncated: it has", "bytes of the"]),
-    ("cut_header.safetensors", _truncate(TINY_GLOBAL_MAPPER, 0.0001), ["'cut_header.safetensors' is truncated or not a safetensors file"]),
-    ("cut.pt", _truncate(TINY_GLOBAL_MAPPER_PT, 0.5), ["'cut.pt' is truncated or damaged: it is not a complete torch checkpoint"]),
+    ("cut_header.safetensors", _truncate(TINY_GLOBAL_MAPPER, 0.0001),
+     ["'cut_header.safetensors' is truncated or not a safetensors file"]),
+    ("cut.pt", _truncate(TINY_GLOBAL_MAPPER_PT, 0.5),
+     ["'cut.pt' is truncated or damaged: it is not a complete torch checkpoint"]),
 ])
 def test_empty_and_truncated_files_say_so(mapper_file, good_pixels, name, write, fragments):
     mapper_file(name, write)
@@ -233,10 +239,10 @@ def test_infinite_numbers_are_refused(good_pixels, name, value, tiny_model):
 
 def synthetic_image_prompt(width: int, height: int, defect: str = "none") -> dict:
     prompt = good_prompt()
-    prompt["90"] = {"class_type": "ELITETestSyntheticImage",
-                    "inputs": {"width": width, "height": height, "defect": defect, "seed": 0}}
-    prompt[ENCODER]["inputs"]["image"] = ["90", 0]
-    del prompt[ENCODER]["inputs"]["mask"]
+    image = add_node(prompt, "ELITETestSyntheticImage", width=width, height=height, defect=defect, seed=0)
+    encoder = prompt[node_id(prompt, ENCODER)]
+    encoder["inputs"]["image"] = [image, 0]
+    del encoder["inputs"]["mask"]
     return prompt
 
 

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from catversion_reference import official_flat_to_layers, reference_text_encoder
 from conftest import CATVERSION_CONCEPTS, CATVERSION_DATA, CATVERSION_MODELS, ELITE_MODELS, TINY_GLOBAL_MAPPER
 
 from comfyui_elite.elite_core.catversion.prefix import (
@@ -20,6 +19,7 @@ from comfyui_elite.elite_core.catversion.prefix import (
 )
 from comfyui_elite.elite_core.common.checks import ELITEInputError
 from comfyui_elite.nodes.nodes_catversion import CatVersionApply, CatVersionLoader
+from elite_test_pack.reference_catversion import official_flat_to_layers, reference_text_encoder
 from elite_test_pack.tiny_models import build_tiny_clip
 
 PROMPTS = ["teddybear on the beach", "a colorful_teapot cake, studio light"]
@@ -214,7 +214,8 @@ def test_a_clip_that_is_not_sd1_clip_l_is_refused(catversion_data):
 
 
 def test_other_files_are_refused_with_what_they_hold(tmp_path):
-    with pytest.raises(CatVersionFormatError, match=r"'tiny_global_mapper.safetensors' is not a CatVersion adapter: its format is 'elite_mapper'"):
+    with pytest.raises(CatVersionFormatError,
+                       match=r"'tiny_global_mapper.safetensors' is not a CatVersion adapter: its format is 'elite_mapper'"):
         read_catversion_file(str(ELITE_MODELS / TINY_GLOBAL_MAPPER))
     empty = tmp_path / "empty.bin"
     empty.write_bytes(b"")

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from catversion_reference import official_flat_to_layers, reference_text_encoder
 from conftest import CATVERSION_MODELS, COMFY_DIR
 from PIL import Image, ImageOps
 
@@ -32,6 +31,7 @@ from comfyui_elite.elite_core.catversion.training import (
 from comfyui_elite.elite_core.comfyui import catversion_training as training
 from comfyui_elite.elite_core.common.checks import ELITEInputError
 from comfyui_elite.nodes.nodes_catversion import CatVersionApply, CatVersionLoader, CatVersionTrain
+from elite_test_pack.reference_catversion import official_flat_to_layers, reference_text_encoder
 from elite_test_pack.tiny_models import build_tiny_clip, build_tiny_sd15_model, build_tiny_vae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -259,7 +259,7 @@ def test_a_failed_write_leaves_no_file(monkeypatch, tmp_path, sd1, photos):
 
     monkeypatch.setattr(training, "save_catversion_safetensors", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        training.write_atomically(adapter, str(tmp_path / "a.safetensors"), {})
+        training.save_adapter_atomically(adapter, str(tmp_path / "a.safetensors"), {})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -343,17 +343,42 @@ def accelerate_launch(tmp_path: Path, processes: int, batch: int, steps: int = 3
     return json.loads(out.with_suffix(".json").read_text()), load_file(str(out.with_suffix(".safetensors")))
 
 
-@pytest.mark.first_comfyui_only  # the step's ComfyUI code is checked on every version by the tests above
-def test_two_processes_under_accelerate_match_one_with_the_same_global_batch(tmp_path):
-    two, two_adapter = accelerate_launch(tmp_path, processes=2, batch=1)
-    one, one_adapter = accelerate_launch(tmp_path, processes=1, batch=2)
+@pytest.fixture(scope="module")
+def accelerate_runs(tmp_path_factory):
+    """The same global batch of 2 as two processes x batch 1 and as one process x batch 2, and one
+    process x batch 1: (log, adapter) of each."""
+    root = tmp_path_factory.mktemp("catversion-accelerate")
+    return {"two": accelerate_launch(root, processes=2, batch=1), "one": accelerate_launch(root, processes=1, batch=2),
+            "alone": accelerate_launch(root, processes=1, batch=1)}
+
+
+# the step's ComfyUI code is checked on every version by the tests above: these run with the first ComfyUI only
+
+
+@pytest.mark.first_comfyui_only
+def test_accelerate_runs_the_number_of_processes_asked_for(accelerate_runs):
+    (two, _), (one, _) = accelerate_runs["two"], accelerate_runs["one"]
     assert (two["processes"], one["processes"]) == (2, 1)
+
+
+@pytest.mark.first_comfyui_only
+def test_two_processes_under_accelerate_log_the_losses_of_one_with_the_same_global_batch(accelerate_runs):
+    (two, _), (one, _) = accelerate_runs["two"], accelerate_runs["one"]
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
+
+
+@pytest.mark.first_comfyui_only
+def test_two_processes_under_accelerate_train_the_adapter_of_one_with_the_same_global_batch(accelerate_runs):
+    (_, two_adapter), (_, one_adapter) = accelerate_runs["two"], accelerate_runs["one"]
     assert two_adapter.keys() == one_adapter.keys()
     for key in one_adapter:
         torch.testing.assert_close(two_adapter[key], one_adapter[key], atol=1e-3, rtol=0)
-    # the processes really split the batch: one process with batch 1 sees other samples
-    alone, _ = accelerate_launch(tmp_path, processes=1, batch=1)
+
+
+@pytest.mark.first_comfyui_only
+def test_the_processes_really_split_the_batch(accelerate_runs):
+    """One process with batch 1 sees other samples than one with batch 2."""
+    (alone, _), (one, _) = accelerate_runs["alone"], accelerate_runs["one"]
     assert abs(alone["losses"][0] - one["losses"][0]) > 1e-4
 
 

@@ -9,7 +9,6 @@ import os
 import pytest
 import torch
 from conftest import BASE_DIR
-from elite_fixtures import cfg_batch, unet_eps
 from safetensors.torch import save_file
 
 import folder_paths
@@ -17,6 +16,7 @@ import folder_paths
 from comfyui_elite.elite_core.comfyui import elite as comfy_elite
 from comfyui_elite.elite_core.comfyui import elite_patch
 from comfyui_elite.nodes.nodes_concepts import ELITELoadConcept, ELITESaveConcept
+from elite_test_pack.unet_calls import cfg_batch, unet_eps
 
 PROMPT = "a photo of S on the beach"
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from elite_test_pack.workflows import node_id, save_node_id
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -29,7 +31,7 @@ def test_random_weights_when_anything_is_missing(demo, tmp_path):
     prompt = demo.build_prompt(None, steps=None)
     kinds = {node["class_type"] for node in prompt.values()}
     assert "ELITETestTinySD15Loader" in kinds and "ELITELocalMapperLoader" in kinds
-    assert prompt["12"]["inputs"]["filename_prefix"] == "ELITE_RANDOM_WEIGHTS"
+    assert prompt[save_node_id(prompt)]["inputs"]["filename_prefix"] == "ELITE_RANDOM_WEIGHTS"
 
 
 def test_real_weights_global_and_local(demo, tmp_path):
@@ -41,14 +43,16 @@ def test_real_weights_global_and_local(demo, tmp_path):
     assert real == {"checkpoints": "sd-v1-4.safetensors", "clip_vision": "clip-vit-large-patch14.safetensors",
                     "global": "global_mapper.pt", "local": "local_mapper.pt"}
     prompt = demo.build_prompt(real, steps=20)
-    assert prompt["1"]["inputs"]["ckpt_name"] == "sd-v1-4.safetensors"
-    assert prompt["13"]["inputs"]["mapper_name"] == "local_mapper.pt"
-    assert prompt["10"]["inputs"]["steps"] == 20
+    assert prompt[node_id(prompt, "CheckpointLoaderSimple")]["inputs"]["ckpt_name"] == "sd-v1-4.safetensors"
+    assert prompt[node_id(prompt, "ELITELocalMapperLoader")]["inputs"]["mapper_name"] == "local_mapper.pt"
+    assert prompt[node_id(prompt, "KSampler")]["inputs"]["steps"] == 20
     assert "ELITETestTinySD15Loader" not in {node["class_type"] for node in prompt.values()}
-    assert prompt["4"]["class_type"] == "ELITEExampleConcept"  # the shipped example, no file to place
+    concept = prompt[node_id(prompt, "ELITEEncoder")]["inputs"]["image"][0]  # the node the encoder's image comes from
+    assert prompt[concept]["class_type"] == "ELITEExampleConcept"  # the shipped example, no file to place
     own = demo.build_prompt(real, steps=20, own_image=True)
-    assert own["4"] == {"class_type": "LoadImage", "inputs": {"image": "elite_concept.png"}}
-    assert own["5"]["inputs"]["invert_mask"] is True  # Load Image's MASK is 1 on the background
+    assert own[concept] == {"class_type": "LoadImage", "inputs": {"image": "elite_concept.png"}}
+    # Load Image's MASK is 1 on the background
+    assert own[node_id(own, "ELITEEncoder")]["inputs"]["invert_mask"] is True
 
 
 def test_real_weights_without_local_mapper_use_the_global_workflow(demo, tmp_path):
@@ -57,4 +61,4 @@ def test_real_weights_without_local_mapper_use_the_global_workflow(demo, tmp_pat
     ])
     prompt = demo.build_prompt(demo.find_weights(models), steps=None)
     assert "ELITELocalMapperLoader" not in {node["class_type"] for node in prompt.values()}
-    assert prompt["3"]["inputs"]["mapper_name"] == "global_mapper.safetensors"
+    assert prompt[node_id(prompt, "ELITEGlobalMapperLoader")]["inputs"]["mapper_name"] == "global_mapper.safetensors"

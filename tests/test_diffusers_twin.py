@@ -2,25 +2,15 @@
 
 import pytest
 import torch
-from elite_fixtures import cfg_batch, unet_eps
 
 from comfyui_elite.elite_core.comfyui import elite as comfy_elite
 from comfyui_elite.elite_core.comfyui import elite_patch
 from comfyui_elite.elite_core.elite.diffusers_attention import install_elite
-from elite_test_pack.tiny_models import build_tiny_sd15_model, seeded_init_, tiny_sd15_unet_config
+from elite_test_pack.tiny_models import build_tiny_sd15_model, tiny_sd15_unet_config
+from elite_test_pack.tiny_training_models import tiny_diffusers_unet
+from elite_test_pack.unet_calls import cfg_batch, unet_eps
 
 diffusers = pytest.importorskip("diffusers")
-
-
-def tiny_diffusers_unet(seed=0):
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(32, 64, 128, 128),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
-    )
-    return seeded_init_(unet, seed, std=0.05).eval()
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +29,7 @@ def twins():
 
 
 @pytest.fixture(scope="module")
-def elite(tiny_clip, tiny_clip_vision, global_mapper, local_mapper, concept_image):
+def twin_concept(tiny_clip, tiny_clip_vision, global_mapper, local_mapper, concept_image):
     concept = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper)
     positive, injection = comfy_elite.concept_conditioning(tiny_clip, concept, "a photo of S", "S", False)
     negative = tiny_clip.encode_from_tokens_scheduled(tiny_clip.tokenize(""))[0][0]
@@ -51,9 +41,9 @@ def diffusers_eps(unet, x, context):
         return unet(x, torch.full((x.shape[0],), 500.0), encoder_hidden_states=context).sample
 
 
-def test_plain_unets_agree(twins, elite, record_parity):
+def test_plain_unets_agree(twins, twin_concept, record_parity):
     unet, comfy_model = twins
-    _, positive, negative, _, _ = elite
+    _, positive, negative, _, _ = twin_concept
     x, context = cfg_batch(positive[0][0], negative, [1, 0], 1)
     ours, theirs = diffusers_eps(unet, x, context), unet_eps(comfy_model, x, context, [1, 0])
     record_parity(ours, theirs, "(diffusers vs ComfyUI ε, unpatched)")
@@ -61,9 +51,9 @@ def test_plain_unets_agree(twins, elite, record_parity):
 
 
 @pytest.mark.parametrize("cond_or_uncond", [[1, 0], [0, 1], [0]])
-def test_elite_agrees_through_both_integrations(twins, elite, cond_or_uncond, record_parity):
+def test_elite_agrees_through_both_integrations(twins, twin_concept, cond_or_uncond, record_parity):
     unet, comfy_model = twins
-    concept, positive, negative, index, local_kv = elite
+    concept, positive, negative, index, local_kv = twin_concept
     x, context = cfg_batch(positive[0][0], negative, cond_or_uncond, 2)
     patched = elite_patch.apply_elite(comfy_model, concept, positive, 0.8)
     comfy_eps = unet_eps(patched, x, context, cond_or_uncond)
@@ -78,8 +68,8 @@ def test_elite_agrees_through_both_integrations(twins, elite, cond_or_uncond, re
     assert (twin_eps - diffusers_eps(twin, x, context)).abs().max() > 1e-4  # outside inputs(): global only
 
 
-def test_self_attention_is_left_alone(elite):
-    concept, _, _, _, local_kv = elite
+def test_self_attention_is_left_alone(twin_concept):
+    concept, _, _, _, local_kv = twin_concept
     unet = tiny_diffusers_unet()
     before = {name: type(p) for name, p in unet.attn_processors.items() if ".attn1." in name}
     install_elite(unet, concept.global_kv, local_kv)

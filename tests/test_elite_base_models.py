@@ -14,7 +14,6 @@ import pytest
 import torch
 from conftest import COMFY_DIR
 from safetensors.torch import load_file, save_file
-from test_elite_training import build_training_models
 
 from elite_test_pack.tiny_models import (
     build_tiny_clip,
@@ -23,6 +22,7 @@ from elite_test_pack.tiny_models import (
     seeded_init_,
     tiny_sd15_unet_config,
 )
+from elite_test_pack.tiny_training_models import build_training_models
 
 pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyUI code
 
@@ -274,7 +274,8 @@ def test_the_trainer_trains_from_a_single_file(tiny, tmp_path):
     import numpy as np
     from PIL import Image
     from safetensors import safe_open
-    from test_elite_trainer import launch
+
+    from elite_test_pack.elite_trainer_runs import launch
 
     images = tmp_path / "objects" / "images"
     images.mkdir(parents=True)

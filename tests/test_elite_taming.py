@@ -8,19 +8,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from test_elite_training import (  # noqa: F401  (fixtures)
-    PROMPTS,
-    batch,
-    local_batch,
-    models,
-    reference_global_loss,
-    reference_noisy,
-    token_batch,
-    widths,
-)
 
 from comfyui_elite.elite_core.elite.objectives import GlobalStage, LocalStage, new_global_mapper, new_local_mapper
 from comfyui_elite.elite_core.elite.taming import IdentityLoss
+from elite_test_pack.reference_elite_training import reference_global_loss, reference_noisy
+from elite_test_pack.tiny_training_models import tiny_mapper_widths, token_batch
 
 pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyUI code
 
@@ -42,10 +34,10 @@ def reference_identity(models, batch, eps, max_timestep, weight):
     return weight * ((1 - F.cosine_similarity(ours, theirs, dim=-1)) * keep).mean()
 
 
-def test_identity_loss_equals_its_restatement_and_leaves_noisy_samples_out(models, batch):
-    unet, text, vision, vae, _ = models
-    batch = dict(batch, timesteps=torch.tensor([300, 37]))
-    mapper = new_global_mapper(unet, widths(unet), seed=1)
+def test_identity_loss_equals_its_restatement_and_leaves_noisy_samples_out(training_models, training_batch):
+    unet, text, vision, vae, _ = training_models
+    batch = dict(training_batch, timesteps=torch.tensor([300, 37]))
+    mapper = new_global_mapper(unet, tiny_mapper_widths(unet), seed=1)
     plain = GlobalStage(copy.deepcopy(mapper), copy.deepcopy(unet), text, vision)
     stage = GlobalStage(mapper, copy.deepcopy(unet), text, vision, identity=IdentityLoss(vae, vision, 0.5, 400))
     loss, parts = stage(**batch)
@@ -54,7 +46,7 @@ def test_identity_loss_equals_its_restatement_and_leaves_noisy_samples_out(model
     with torch.no_grad():
         eps = stage._frozen[0](reference_noisy(batch), batch["timesteps"],
                                encoder_hidden_states=_context(stage, batch)).sample
-    expected = reference_identity(models, batch, eps, 400, 0.5)
+    expected = reference_identity(training_models, batch, eps, 400, 0.5)
     torch.testing.assert_close(parts["identity"], expected.detach(), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(loss - base, expected, rtol=1e-4, atol=1e-6)
     assert parts["identity"] > 0
@@ -73,10 +65,10 @@ def _context(stage, batch):
         return text(input_ids=batch["input_ids"])[0]
 
 
-def test_identity_gradient_reaches_the_mapper(models, batch):
-    unet, text, vision, vae, _ = models
-    batch = dict(batch, timesteps=torch.tensor([100, 37]))
-    mapper = new_global_mapper(unet, widths(unet), seed=1)
+def test_identity_gradient_reaches_the_mapper(training_models, training_batch):
+    unet, text, vision, vae, _ = training_models
+    batch = dict(training_batch, timesteps=torch.tensor([100, 37]))
+    mapper = new_global_mapper(unet, tiny_mapper_widths(unet), seed=1)
     stage = GlobalStage(mapper, copy.deepcopy(unet), text, vision, identity=IdentityLoss(vae, vision, 1.0, 400))
     identity = stage.identity(*_identity_inputs(stage, batch))
     identity.backward()
@@ -90,19 +82,19 @@ def _identity_inputs(stage, batch):
     return noisy, eps, batch["timesteps"], batch["pixels_clip"], stage.schedule
 
 
-def test_plain_caption_batches_add_their_weighted_eps_mse_through_the_trained_kv(models, batch):
+def test_plain_caption_batches_add_their_weighted_eps_mse_through_the_trained_kv(training_models, training_batch):
     """Regularised joint training: the plain batch's eps-MSE, with no words injected, through a UNet
     whose attn2 to_k/to_v are the mapper's K/V (the reference's global-stage restatement with an
     empty word set), times the weight."""
-    unet, text, vision, vae, tokenizer = models
-    mapper = new_global_mapper(unet, widths(unet), seed=1)
+    unet, text, vision, vae, tokenizer = training_models
+    mapper = new_global_mapper(unet, tiny_mapper_widths(unet), seed=1)
     gen = torch.Generator().manual_seed(9)
     ids, _ = token_batch(tokenizer, ["a dog on a beach S", "a red car S"])
     plain = dict(latents=torch.randn(2, 4, 16, 16, generator=gen), noise=torch.randn(2, 4, 16, 16, generator=gen),
                  timesteps=torch.tensor([500, 20]), input_ids=ids)
     stage = GlobalStage(mapper, copy.deepcopy(unet), text, vision, plain_weight=0.25)
-    loss, parts = stage(**batch, plain=plain)
-    base = reference_global_loss(models, copy.deepcopy(mapper), batch)
+    loss, parts = stage(**training_batch, plain=plain)
+    base = reference_global_loss(training_models, copy.deepcopy(mapper), training_batch)
     # the restatement: no injection is an injection of zero words (the context is the plain text's)
     context = text(input_ids=ids).last_hidden_state
     twin = copy.deepcopy(unet)
@@ -120,8 +112,9 @@ def test_plain_caption_batches_add_their_weighted_eps_mse_through_the_trained_kv
     torch.testing.assert_close(loss, base + 0.25 * plain_mse, rtol=1e-5, atol=0)
 
 
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients(models, batch, local_batch):
-    unet, text, vision, _, _ = models
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(training_models, training_batch,
+                                                                  training_local_batch):
+    unet, text, vision, _, _ = training_models
     for kind in ("global", "local"):
         results = []
         for checkpointing in (False, True):
@@ -129,12 +122,12 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(models, batch,
             if checkpointing:
                 twin.enable_gradient_checkpointing()
             if kind == "global":
-                mapper = new_global_mapper(twin, widths(twin), seed=1)
-                stage, data = GlobalStage(mapper, twin, text, vision), batch
+                mapper = new_global_mapper(twin, tiny_mapper_widths(twin), seed=1)
+                stage, data = GlobalStage(mapper, twin, text, vision), training_batch
             else:
-                mapper = new_local_mapper(twin, widths(twin), seed=2)
-                stage = LocalStage(mapper, new_global_mapper(twin, widths(twin), seed=1), twin, text, vision)
-                data = local_batch
+                mapper = new_local_mapper(twin, tiny_mapper_widths(twin), seed=2)
+                stage = LocalStage(mapper, new_global_mapper(twin, tiny_mapper_widths(twin), seed=1), twin, text, vision)
+                data = training_local_batch
             loss, _ = stage(**data)
             loss.backward()
             results.append((loss.detach(), [p.grad.clone() for p in mapper.parameters()]))

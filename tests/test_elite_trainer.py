@@ -20,7 +20,11 @@ import torch
 from conftest import BASE_DIR, COMFY_DIR, ELITE_MODELS
 from PIL import Image
 from safetensors.torch import load_file
-from test_elite_training import build_training_models
+
+from elite_test_pack.elite_trainer_runs import LAUNCH_ENV, launch, launch_command, log_column, losses
+from elite_test_pack.in_process import run_prompt
+from elite_test_pack.tiny_training_models import build_training_models
+from elite_test_pack.workflows import tiny_prompt
 
 pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyUI code
 
@@ -76,42 +80,12 @@ def test_folder_data_is_seeded_and_skips_unreadable_files(data):
     assert reference_placeholder_index("a close-up photo of a S") == 6  # a word index used as a token index
 
 
-def launch_command(output: Path, base_model: Path, data: Path, *extra: str, processes: int = 1) -> list[str]:
-    """Several processes go through `accelerate launch` (gloo on the CPU); one process runs the module
-    directly, which accelerate supports as well and which saves the launcher's start-up."""
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--num_cpu_threads_per_process", "1"] if processes > 1 else [sys.executable]
-    return [*launcher, "-m", "elite_training.elite", "--pretrained", str(base_model),
-            "--image-encoder", str(base_model / "image_encoder"), "--data", str(data), "--output-dir", str(output),
-            "--resolution", "64", "--gradient-accumulation", "1", "--learning-rate", "1e-3", "--cpu",
-            "--validation-images", "0", *extra]
-
-
-LAUNCH_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
-
-
-def launch(tmp_path: Path, base_model: Path, data: Path, out: str, *extra: str, processes: int = 1) -> Path:
-    output = tmp_path / out
-    command = launch_command(output, base_model, data, *extra, processes=processes)
-    done = subprocess.run(command, cwd=REPO, env=LAUNCH_ENV, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return output
-
-
-def log_column(output: Path, name: str) -> list[float]:
-    return [json.loads(line)[name] for line in (output / "train_log.jsonl").read_text().splitlines()]
-
-
-def losses(output: Path) -> list[float]:
-    return log_column(output, "loss")
-
-
 # Two processes x batch 1 x accumulation 2 hold the same global batch of 4 samples (in the same
 # micro-batches) as one process x batch 2 x accumulation 2, and as one process x batch 4.
 TWO_PROCESSES = ("--batch-size", "1", "--gradient-accumulation", "2")
 ONE_PROCESS = ("--batch-size", "2", "--gradient-accumulation", "2")
 ONE_PROCESS_NO_ACCUMULATION = ("--batch-size", "4", "--gradient-accumulation", "1")
+ONE_PROCESS_STEPS = 3  # one_process_run's steps
 
 
 @pytest.fixture(scope="module")
@@ -147,42 +121,63 @@ def one_process_run(tmp_path_factory, base_model, data) -> Path:
     """Three steps of the two-process run's global batches in one process, with a checkpoint at step 2,
     validation images and the official .pt export (none of which may change training)."""
     root = tmp_path_factory.mktemp("one-process")
-    return launch(root, base_model, data, "whole", "--steps", "3", *ONE_PROCESS,
+    return launch(root, base_model, data, "whole", "--steps", str(ONE_PROCESS_STEPS), *ONE_PROCESS,
                   "--checkpoint-every", "2", "--export-pt", "--validation-images", "2", "--validation-steps", "2")
 
 
-def test_ctrl_c_stops_both_processes_after_the_same_step_and_the_run_resumes_exactly(two_process_runs):
-    """Both processes finish the step in progress, one checkpoint holds it, and resuming from it gives
-    the same weights as a run that was never stopped."""
+# Ctrl-C: both processes finish the step in progress, one checkpoint holds it, and resuming from it
+# gives the same weights as a run that was never stopped.
+
+
+def test_ctrl_c_stops_both_processes_after_the_same_step_with_one_checkpoint_holding_it(two_process_runs):
     run = two_process_runs
     assert 2 <= run.step < 500 and len(run.losses_when_stopped) == run.step, run.output[-4000:]
     assert run.checkpoints == [f"checkpoint-{run.step}"]
+    assert (run.stopped / f"mapper_{run.step:06d}.safetensors").is_file()
+
+
+def test_ctrl_c_is_reported_and_cuts_no_process_off_inside_the_trainer(two_process_runs):
+    run = two_process_runs
     assert "stopped on request after step" in run.output, run.output[-6000:]
     # no process was cut off inside the trainer (torch's launcher reports the signal with its own traceback)
     assert 'elite_training/' not in "".join(line for line in run.output.splitlines() if line.lstrip().startswith("File ")), \
         run.output[-6000:]
-    assert (run.stopped / f"mapper_{run.step:06d}.safetensors").is_file()
+
+
+def test_the_run_resumed_after_ctrl_c_equals_one_never_stopped(two_process_runs):
+    run = two_process_runs
     a, b = load_file(str(run.whole / "global_mapper.safetensors")), load_file(str(run.stopped / "global_mapper.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert losses(run.stopped) == losses(run.whole)
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path, base_model, data, two_process_runs,
-                                                            one_process_run):
-    """2 processes x batch 1 x accumulation 2 = 1 x 2 x 2 = 1 x 4 x 1 over the first two steps: the
-    same losses, the same gradient norms before clipping (so accumulation neither drops nor rescales a
-    micro-batch, and the processes' gradients are averaged once), and the same update."""
-    no_accumulation = launch(tmp_path, base_model, data, "batch4", "--steps", "2", *ONE_PROCESS_NO_ACCUMULATION)
-    runs = (two_process_runs.whole, one_process_run, no_accumulation)
+# 2 processes x batch 1 x accumulation 2 = 1 x 2 x 2 = 1 x 4 x 1 over the first two steps: the same
+# losses, the same gradient norms before clipping (so accumulation neither drops nor rescales a
+# micro-batch, and the processes' gradients are averaged once), and the same update.
+
+
+@pytest.fixture(scope="module")
+def no_accumulation_run(tmp_path_factory, base_model, data) -> Path:
+    """The two-process run's first two global batches in one process, four samples at once."""
+    return launch(tmp_path_factory.mktemp("no-accumulation"), base_model, data, "batch4", "--steps", "2",
+                  *ONE_PROCESS_NO_ACCUMULATION)
+
+
+def test_two_processes_and_one_log_the_same_losses_and_gradient_norms(two_process_runs, one_process_run,
+                                                                      no_accumulation_run):
+    runs = (two_process_runs.whole, one_process_run, no_accumulation_run)
     for column in ("loss", "grad_norm"):
         first, *others = (log_column(run, column)[:2] for run in runs)
         assert len(first) == 2
         for other in others:
             np.testing.assert_allclose(other, first, rtol=1e-5, err_msg=column)
     assert min(log_column(one_process_run, "grad_norm")) > 0  # norms of 0 would make the comparison empty
+
+
+def test_two_processes_and_one_make_the_same_update(two_process_runs, one_process_run, no_accumulation_run):
     two, one, four = (load_file(str(path)) for path in (two_process_runs.whole / "mapper_000002.safetensors",
                                                        one_process_run / "mapper_000002.safetensors",
-                                                       no_accumulation / "global_mapper.safetensors"))
+                                                       no_accumulation_run / "global_mapper.safetensors"))
     unet, _, vision, _, _ = build_training_models()
     init = new_global_mapper(unet, mapper_widths(unet, vision), seed=0).state_dict()
     assert two.keys() == one.keys() == four.keys() == init.keys()
@@ -195,37 +190,63 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, base_model
         assert (flat(other) - flat(init) - update_one).norm() < 1e-2 * update_one.norm()
 
 
-def test_resumed_run_equals_an_uninterrupted_one(tmp_path, base_model, data, one_process_run):
-    whole, steps = one_process_run, 3
-    # validation images at the checkpoint and at the end (they do not disturb training: the run above
-    # matches the two-process run without them, and the resumed run below matches it)
-    for step in (2, steps):
-        with Image.open(whole / "validation" / f"step_{step:06d}.png") as grid:
+# The one-process run (3 steps, a checkpoint at step 2, validation images, --export-pt) and the same
+# run resumed from its checkpoint: what the run writes, and that resuming gives the run never stopped.
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, base_model, data, one_process_run) -> Path:
+    """one_process_run's checkpoint-2 alone in a new output folder, resumed to the last step."""
+    root = tmp_path_factory.mktemp("resumed")
+    shutil.copytree(one_process_run / "checkpoint-2", root / "resumed" / "checkpoint-2")
+    return launch(root, base_model, data, "resumed", "--steps", str(ONE_PROCESS_STEPS), *ONE_PROCESS,
+                  "--checkpoint-every", "2", "--resume", "latest")
+
+
+def test_validation_grids_are_written_at_the_checkpoint_and_at_the_end(one_process_run):
+    # (they do not disturb training: the run matches the two-process run without them, and the
+    # resumed run matches it)
+    for step in (2, ONE_PROCESS_STEPS):
+        with Image.open(one_process_run / "validation" / f"step_{step:06d}.png") as grid:
             assert grid.size == (2 * 64, 2 * 64)
-    assert list(whole.rglob("events.out.tfevents.*")), "no TensorBoard log"
-    assert (whole / "checkpoint-2").is_dir() and (whole / "mapper_000002.safetensors").is_file()
-    # --export-pt: the official layout (a plain state dict, official names) beside each file
+
+
+def test_the_run_writes_a_tensorboard_log(one_process_run):
+    assert list(one_process_run.rglob("events.out.tfevents.*")), "no TensorBoard log"
+
+
+def test_a_checkpoint_and_a_mapper_are_saved_at_the_checkpoint_step(one_process_run):
+    assert (one_process_run / "checkpoint-2").is_dir() and (one_process_run / "mapper_000002.safetensors").is_file()
+
+
+def test_export_pt_writes_the_official_layout_beside_each_mapper_file(one_process_run):
+    """--export-pt: the official layout (a plain state dict, official names) beside each file."""
+    whole = one_process_run
     for pt, st in (("mapper_000002.pt", "mapper_000002.safetensors"), ("mapper.pt", "global_mapper.safetensors")):
         official, ours = torch.load(whole / pt, map_location="cpu", weights_only=True), load_file(str(whole / st))
         assert official.keys() == ours.keys() and all(torch.equal(official[k], ours[k]) for k in ours)
-    resumed = tmp_path / "resumed"
-    shutil.copytree(whole / "checkpoint-2", resumed / "checkpoint-2")
-    launch(tmp_path, base_model, data, "resumed", "--steps", str(steps), *ONE_PROCESS, "--checkpoint-every", "2",
-           "--resume", "latest")
-    a, b = load_file(str(whole / "global_mapper.safetensors")), load_file(str(resumed / "global_mapper.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert losses(resumed) == losses(whole)[2:]
-    halfway = load_file(str(whole / "mapper_000002.safetensors"))
-    assert not all(torch.equal(a[k], halfway[k]) for k in a)
-    # the trained file is what the loader node reads: copy it into models/elite and run the workflow
-    shutil.copyfile(whole / "global_mapper.safetensors", ELITE_MODELS / "trained_global.safetensors")
-    from test_workflows import run_prompt, tiny_prompt
 
-    prompt = tiny_prompt("elite_global")
-    for node in prompt.values():
-        if node["class_type"] == "ELITEGlobalMapperLoader":
-            node["inputs"]["mapper_name"] = "trained_global.safetensors"
-    executor = run_prompt(prompt)
+
+def test_the_resumed_run_ends_with_the_uninterrupted_runs_mapper(one_process_run, resumed_run):
+    a = load_file(str(one_process_run / "global_mapper.safetensors"))
+    b = load_file(str(resumed_run / "global_mapper.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_resumed_run_logs_the_uninterrupted_runs_losses_after_the_checkpoint(one_process_run, resumed_run):
+    assert losses(resumed_run) == losses(one_process_run)[2:]
+
+
+def test_the_steps_after_the_checkpoint_change_the_mapper(one_process_run):
+    a = load_file(str(one_process_run / "global_mapper.safetensors"))
+    halfway = load_file(str(one_process_run / "mapper_000002.safetensors"))
+    assert not all(torch.equal(a[k], halfway[k]) for k in a)
+
+
+def test_the_trained_mapper_runs_in_comfyui(one_process_run):
+    """The trained file is what the loader node reads: copied into models/elite, the workflow runs."""
+    shutil.copyfile(one_process_run / "global_mapper.safetensors", ELITE_MODELS / "trained_global.safetensors")
+    executor = run_prompt(tiny_prompt("elite_global", "trained_global.safetensors"))
     assert executor.success, [m for m in executor.status_messages if m[0] == "execution_error"]
     assert (BASE_DIR / "models" / "elite" / "trained_global.safetensors").is_file()
 
@@ -270,30 +291,52 @@ def test_local_folder_data_follows_the_reference_augmentation(object_data):
     assert {"a far away", "very small", "a"} & seen and ({"zoomed in", "close up"} & seen)
 
 
-def test_bf16_global_stage_then_the_local_stage_train_and_run_in_comfyui(tmp_path, base_model, object_data):
-    """The global stage under bf16 mixed precision (it trains, and saves its mapper in fp32 for the
-    nodes), then the local stage from it."""
-    trained_global = launch(tmp_path, base_model, object_data, "global", "--steps", "1", "--batch-size", "2",
+# The global stage under bf16 mixed precision (it trains, and saves its mapper in fp32 for the nodes),
+# then the local stage from it; both files in ComfyUI.
+
+
+@pytest.fixture(scope="module")
+def bf16_global_then_local_runs(tmp_path_factory, base_model, object_data) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("bf16-then-local")
+    trained_global = launch(root, base_model, object_data, "global", "--steps", "1", "--batch-size", "2",
                             "--mixed-precision", "bf16")
+    local = launch(root, base_model, object_data, "local", "--stage", "local", "--steps", "2", "--batch-size", "2",
+                   "--global-mapper", str(trained_global / "global_mapper.safetensors"))
+    return SimpleNamespace(trained_global=trained_global, local=local)
+
+
+@pytest.fixture(scope="module")
+def trained_mapper_files(bf16_global_then_local_runs) -> tuple[str, str]:
+    """The two trained mappers copied into models/elite: (global file name, local file name)."""
+    runs = bf16_global_then_local_runs
+    shutil.copyfile(runs.trained_global / "global_mapper.safetensors", ELITE_MODELS / "trained_g.safetensors")
+    shutil.copyfile(runs.local / "local_mapper.safetensors", ELITE_MODELS / "trained_l.safetensors")
+    return "trained_g.safetensors", "trained_l.safetensors"
+
+
+def test_the_bf16_global_stage_trains_and_saves_its_mapper_in_fp32(bf16_global_then_local_runs):
+    trained_global = bf16_global_then_local_runs.trained_global
     assert all(np.isfinite(losses(trained_global)))
     assert {t.dtype for t in load_file(str(trained_global / "global_mapper.safetensors")).values()} == {torch.float32}
-    local = launch(tmp_path, base_model, object_data, "local", "--stage", "local", "--steps", "2", "--batch-size", "2",
-                   "--global-mapper", str(trained_global / "global_mapper.safetensors"))
+
+
+def test_the_local_stage_trains_from_the_bf16_global_mapper(bf16_global_then_local_runs):
+    local = bf16_global_then_local_runs.local
     assert len(losses(local)) == 2 and all(np.isfinite(losses(local)))
-    shutil.copyfile(trained_global / "global_mapper.safetensors", ELITE_MODELS / "trained_g.safetensors")
-    shutil.copyfile(local / "local_mapper.safetensors", ELITE_MODELS / "trained_l.safetensors")
-    from test_workflows import run_prompt
 
-    from elite_test_pack.workflows import with_tiny_models
 
-    api = json.loads((REPO / "tests" / "api_workflows" / "elite_global_local.json").read_text())
-    executor = run_prompt(with_tiny_models(api, "trained_g.safetensors", "trained_l.safetensors"))
+def test_the_trained_global_and_local_mappers_run_in_comfyui(trained_mapper_files):
+    executor = run_prompt(tiny_prompt("elite_global_local", *trained_mapper_files))
     assert executor.success, [m for m in executor.status_messages if m[0] == "execution_error"]
-    # each loader refuses the other stage's file (the kind is in the metadata)
+
+
+def test_each_loader_refuses_the_other_stages_trained_file(trained_mapper_files):
+    """The kind is in the metadata."""
     from comfyui_elite.nodes.nodes_mapper_loader import ELITELocalMapperLoader
 
+    trained_global, _ = trained_mapper_files
     with pytest.raises(Exception, match="global"):
-        ELITELocalMapperLoader.execute("trained_g.safetensors")
+        ELITELocalMapperLoader.execute(trained_global)
 
 
 def test_resume_is_refused_when_the_processes_would_start_from_different_steps(tmp_path):

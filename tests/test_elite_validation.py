@@ -15,9 +15,10 @@ import pytest
 import torch
 from conftest import COMFY_DIR
 from PIL import Image
-from test_elite_training import ReferenceLocalAttention, build_training_models, reference_context
 
+from elite_test_pack.reference_elite_training import ReferenceLocalAttention, reference_context
 from elite_test_pack.tiny_models import TINY_VISION_WIDTH
+from elite_test_pack.tiny_training_models import build_training_models
 
 pytestmark = pytest.mark.comfyui_independent  # the trainers never import ComfyUI code
 

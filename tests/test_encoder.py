@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_mappers import reference_mlp
 
 from comfyui_elite.elite_core.comfyui import elite as comfy_elite
 from comfyui_elite.elite_core.common.images import CLIP_MEAN, CLIP_STD
 from comfyui_elite.elite_core.elite.clip_input import select_elite_layers, squash_to_clip_input
 from comfyui_elite.nodes.nodes_encoder import ELITEEncoder
+from elite_test_pack.reference_encoder import hooked_block_outputs, reference_mlp
 
 
 def test_squash_is_pil_bicubic_on_uint8_with_clip_normalisation(concept_image):
@@ -50,25 +50,6 @@ def test_alpha_channel_is_ignored(concept_image):
 def test_layer_selection_takes_blocks_24_4_8_12_16():
     all_hidden = torch.arange(1, 25).float().view(1, 24, 1, 1).expand(1, 24, 257, 3)
     assert [int(t[0, 0, 0]) for t in select_elite_layers(all_hidden)] == [24, 4, 8, 12, 16]
-
-
-def hooked_block_outputs(clip_vision, pixels):
-    """Outputs of each transformer block, captured with forward hooks (independent of 'all').
-
-    ComfyUI's CLIP layers add into their input in place, so the hook keeps a copy."""
-    outputs = {}
-    layers = clip_vision.model.vision_model.encoder.layers
-    handles = [
-        layer.register_forward_hook(lambda m, i, o, b=b: outputs.__setitem__(b, o.clone()))
-        for b, layer in enumerate(layers, start=1)
-    ]
-    try:
-        with torch.no_grad():
-            clip_vision.model(pixel_values=pixels)
-    finally:
-        for h in handles:
-            h.remove()
-    return outputs
 
 
 def test_features_are_the_outputs_of_blocks_24_4_8_12_16(tiny_clip_vision, concept_image):

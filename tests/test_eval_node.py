@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 from conftest import BASE_DIR, COMFY_DIR
-from test_workflows import run_prompt, submit
 
 from comfyui_elite.elite_core.common.checks import ELITEInputError
 from comfyui_elite.elite_core.elite.examples import load_example
 from comfyui_elite.nodes.nodes_score import ELITEScore
+from elite_test_pack.in_process import run_prompt, submit
 from elite_test_pack.tiny_metric_models import save_clip_folder, tiny_clip, tiny_dino
 
 TOKENIZER_DIR = COMFY_DIR / "comfy" / "sd1_tokenizer"

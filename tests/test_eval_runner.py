@@ -138,22 +138,34 @@ def test_dreambench_file_layout_is_read():
     assert fill_template(objects[1], "sks", "toy") == "a sks toy on a wooden table"
 
 
-def test_every_method_is_generated_and_the_invariants_hold(finished_run):
+def _generated_images(finished_run) -> list[dict[str, np.ndarray]]:
+    """Each subject x prompt x seed of the run: {method name: its image's pixels}."""
     out, benchmark, methods = finished_run["out"], finished_run["benchmark"], finished_run["methods"]
+    return [{m.name: _pixels(image_path(out, m, subject, index, seed)) for m in methods}
+            for subject in benchmark.subjects for index in range(2) for seed in SETTINGS.seeds]
+
+
+def test_every_method_is_generated_for_every_subject_prompt_and_seed(finished_run):
     assert finished_run["counts"] == {"made": 5 * 2 * 2 * 2, "reused": 0}
-    by_name = {m.name: m for m in methods}
-    differs = {"sd": 0, "catversion": 0, "elite-local@1": 0}
-    for subject in benchmark.subjects:
+    for subject in finished_run["benchmark"].subjects:
         assert subject.prompts == tuple(parse_prompts_and_classes(PROMPTS_AND_CLASSES)[2 if subject.class_noun == "cat" else 1])
-        for index in range(2):
-            for seed in SETTINGS.seeds:
-                image = {name: _pixels(image_path(out, m, subject, index, seed)) for name, m in by_name.items()}
-                assert image["sd"].shape == (64, 64, 3)
-                # λ = 0 leaves the local branch out: the global-only image, bit for bit
-                np.testing.assert_array_equal(image["elite-local@0"], image["elite-global"])
-                for name in differs:
-                    differs[name] += int(not np.array_equal(image[name], image["elite-global" if name != "catversion" else "sd"]))
-    assert all(count == 8 for count in differs.values()), differs  # each method changes every image
+    images = _generated_images(finished_run)
+    assert len(images) == 8 and all(image["sd"].shape == (64, 64, 3) for image in images)
+
+
+def test_local_strength_zero_gives_the_global_only_image(finished_run):
+    """λ = 0 leaves the local branch out: the global-only image, bit for bit."""
+    for image in _generated_images(finished_run):
+        np.testing.assert_array_equal(image["elite-local@0"], image["elite-global"])
+
+
+def test_each_method_changes_every_image(finished_run):
+    """SD and the local branch against the global-only image, CatVersion against plain SD."""
+    differs = {"sd": 0, "catversion": 0, "elite-local@1": 0}
+    for image in _generated_images(finished_run):
+        for name in differs:
+            differs[name] += int(not np.array_equal(image[name], image["elite-global" if name != "catversion" else "sd"]))
+    assert all(count == 8 for count in differs.values()), differs
 
 
 def test_scores_follow_the_papers_aggregation(finished_run):
@@ -236,11 +248,16 @@ def test_what_a_method_lacks_is_refused_before_sampling(dreambench, models, tmp_
     assert not (tmp_path / "a" / "images").exists() and not (tmp_path / "b" / "images").exists()
 
 
-def test_the_command_line_scores_a_run_and_refuses_without_encoders(finished_run, dreambench, encoder_files, caplog):
+def _scoring_args(finished_run, dreambench) -> list[str]:
+    """The command line that scores the finished run again (no generation)."""
+    return [str(dreambench), "--out", str(finished_run["out"]), "--methods", *METHODS, "--seeds", "0", "1", "--size",
+            "64", "--steps", "1", "--skip-generation"]
+
+
+def test_the_command_line_scores_a_finished_run(finished_run, dreambench, encoder_files):
     out = finished_run["out"]
     (out / "report.md").unlink()
-    args = [str(dreambench), "--out", str(out), "--methods", *METHODS, "--seeds", "0", "1", "--size", "64",
-            "--steps", "1", "--skip-generation"]
+    args = _scoring_args(finished_run, dreambench)
     assert cli.main(args + ["--clip", str(encoder_files["clip"]), "--dino", str(encoder_files["dino"]),
                             "--tokenizer", str(TOKENIZER_DIR), "--masked-crop", "--cpu"]) == 0
     assert (out / "report.md").is_file()
@@ -250,6 +267,10 @@ def test_the_command_line_scores_a_run_and_refuses_without_encoders(finished_run
         before = finished_run["scores"]["methods"][name]["summary"]
         assert data["summary"]["clip_i"]["mean"] == pytest.approx(before["clip_i"]["mean"], abs=1e-6)
         assert data["summary"]["masked_clip_i"]["mean"] != pytest.approx(before["masked_clip_i"]["mean"], abs=1e-6)
+
+
+def test_the_command_line_refuses_to_score_without_encoders(finished_run, dreambench, caplog):
+    out, args = finished_run["out"], _scoring_args(finished_run, dreambench)
     caplog.set_level(logging.ERROR)
     assert cli.main(args) == 2
     assert "Pass --clip" in caplog.text

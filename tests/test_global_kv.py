@@ -80,5 +80,6 @@ def test_model_with_other_cross_attention_width_is_refused(concept):
 def test_model_without_the_sd1_blocks_is_refused(concept):
     no_attention = build_tiny_sd15_model(seed=0, transformer_depth=[0] * 8, transformer_depth_middle=0,
                                          transformer_depth_output=[0] * 12)
-    with pytest.raises(comfy_elite.ELITEInputError, match=r"not a Stable Diffusion 1.x UNet that ELITE can patch: it has no diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"):
+    with pytest.raises(comfy_elite.ELITEInputError, match=r"not a Stable Diffusion 1.x UNet that ELITE can patch: it has no "
+                       r"diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"):
         elite_patch.apply_global_kv(no_attention, concept)

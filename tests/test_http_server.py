@@ -9,14 +9,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import BASE_DIR, CATVERSION_DATA, COMFY_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
-from test_workflows import EXAMPLES, needs_shared_data, tiny_prompt
+from conftest import BASE_DIR, CATVERSION_DATA, COMFY_DIR, TINY_GLOBAL_MAPPER
 
 from elite_test_pack.comfy_server import run_prompt, running_server, wait_for_history
-from elite_test_pack.workflows import with_tiny_models
+from elite_test_pack.workflows import EXAMPLES, api_workflow, needs_shared_data, node_id, save_node_id, tiny_prompt
 
 TESTS = Path(__file__).resolve().parent
-API_TWIN = TESTS / "api_workflows" / "elite_global_local.json"
 CACHE = Path(os.environ.get("ELITE_CACHE", TESTS.parent / ".cache"))  # where scripts/bootstrap.sh installs
 FRONTEND_MODULES = CACHE / "frontend-check" / "node_modules"
 NEWEST_FRONTEND = CACHE / "frontend-newest"
@@ -34,9 +32,9 @@ def _frontend_version(site: Path | None) -> str:
     return found[0].name.split("-")[1] if found else "missing"
 
 
-FRONTENDS = [
-    pytest.param(None, id=f"pinned-{_frontend_version(None)}"),
-    pytest.param(NEWEST_FRONTEND, id=f"newest-{_frontend_version(NEWEST_FRONTEND)}"),
+FRONTENDS = [  # the fixtures that hold each frontend's report
+    pytest.param("pinned_frontend", id=f"pinned-{_frontend_version(None)}"),
+    pytest.param("newest_frontend", id=f"newest-{_frontend_version(NEWEST_FRONTEND)}"),
 ]
 
 
@@ -82,31 +80,38 @@ def test_every_node_has_a_help_page_the_server_serves(server):
 
 def test_workflow_over_http_produces_an_image(server):
     url, _ = server
-    prompt = with_tiny_models(json.loads(API_TWIN.read_text()), TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER)
-    prompt["12"]["inputs"]["filename_prefix"] = "ELITE_http"
+    prompt = tiny_prompt("elite_global_local")
+    prompt[save_node_id(prompt)]["inputs"]["filename_prefix"] = "ELITE_http"
     entry = run_prompt(url, prompt, timeout=300)
-    (image,) = entry["outputs"]["12"]["images"]
+    (image,) = entry["outputs"][save_node_id(prompt)]["images"]
     assert (BASE_DIR / "output" / image["subfolder"] / image["filename"]).is_file()
 
 
 def test_a_failing_workflow_reports_the_elite_message(server):
     url, _ = server
-    prompt = with_tiny_models(json.loads(API_TWIN.read_text()), TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER)
-    prompt["6"]["inputs"]["placeholder"] = "zebra crossing"
+    prompt = tiny_prompt("elite_global_local")
+    prompt[node_id(prompt, "ELITEConditioning")]["inputs"]["placeholder"] = "zebra crossing"
     with pytest.raises(RuntimeError, match="must be a single word without spaces"):
         run_prompt(url, prompt, timeout=300)
 
 
-def test_refusals_reach_the_user_over_http(server):
-    """The pack's messages arrive through the server: a missing mapper at validation (HTTP 400 with
-    the node's error) and a NaN λ, which JSON clients can send, from the node while executing."""
+# The pack's refusals arrive through the server.
+
+
+def test_a_missing_mapper_is_refused_at_validation_over_http(server):
+    """HTTP 400 with the node's error."""
     url, _ = server
-    prompt = with_tiny_models(json.loads(API_TWIN.read_text()), TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER)
-    missing = json.loads(json.dumps(prompt))
-    missing["13"]["inputs"]["mapper_name"] = "local_mapper.pt"
+    missing = tiny_prompt("elite_global_local")
+    missing[node_id(missing, "ELITELocalMapperLoader")]["inputs"]["mapper_name"] = "local_mapper.pt"
     with pytest.raises(RuntimeError, match=r"ELITE mapper 'local_mapper.pt' was not found.*Put local_mapper.pt"):
         run_prompt(url, missing, timeout=300)
-    prompt["8"]["inputs"]["strength"] = float("nan")
+
+
+def test_a_nan_strength_is_refused_by_the_node_over_http(server):
+    """A NaN λ, which JSON clients can send, is refused by the node while executing."""
+    url, _ = server
+    prompt = tiny_prompt("elite_global_local")
+    prompt[node_id(prompt, "ELITELocalAttnPatch")]["inputs"]["strength"] = float("nan")
     reply = requests.post(f"{url}/prompt", data=json.dumps({"prompt": prompt}),  # json.dumps writes NaN
                           headers={"Content-Type": "application/json"}, timeout=60)
     assert reply.status_code == 200, reply.text
@@ -125,37 +130,70 @@ def _skip_or_fail(reason: str):
     pytest.skip(reason)
 
 
-@pytest.mark.parametrize("frontend", FRONTENDS)
-def test_examples_load_in_the_real_frontend_and_convert_to_their_twins(server, frontend):
-    """ComfyUI's own frontend (headless Chromium) loads each shipped UI workflow without an error and
-    turns it into exactly the API-format twin the other tests execute: on the frontend this ComfyUI
-    pins and on the newest one, served by the same ComfyUI with --front-end-root. On the pinned one,
-    each template is also queued as the Run button queues it: the request carries the twin, and the
-    same workflow on the tiny random models (the only change) runs to completion on the server."""
+# ComfyUI's own frontend (headless Chromium) loads each shipped UI workflow without an error and turns
+# it into exactly the API-format twin the other tests execute: on the frontend this ComfyUI pins and on
+# the newest one, served by the same ComfyUI with --front-end-root. On the pinned one, each template is
+# also queued as the Run button queues it: the request carries the twin, and the same workflow on the
+# tiny random models (the only change) runs to completion on the server.
+
+
+def _frontend_tools() -> tuple[str, str]:
     chromium, node = shutil.which("chromium"), shutil.which("node")
     if not (chromium and node and (FRONTEND_MODULES / "playwright-core").is_dir()):
         _skip_or_fail("the frontend check needs Debian's chromium, node and playwright-core (make test installs them)")
-    if frontend is None:
-        url, _ = server
-        report = _load_in_frontend(url, chromium, node, queue=True)
-        for name in _checked_examples():
-            assert report[name]["prompt_id"], (name, report[name])
-            assert _api_nodes(report[name]["queued"]) == _twin(name), name
-            entry = wait_for_history(url, report[name]["prompt_id"], timeout=600)
-            assert entry["status"]["status_str"] == "success", (name, entry["status"])
-            saved = [image for output in entry["outputs"].values() for image in output.get("images", [])
-                     if image["type"] == "output"]
-            assert saved and all((BASE_DIR / "output" / i["subfolder"] / i["filename"]).is_file() for i in saved), name
-    else:
-        static = frontend / "comfyui_frontend_package" / "static"
-        if not (static / "index.html").is_file():
-            _skip_or_fail(f"the newest frontend is not installed at {frontend} (make test installs it)")
-        log_path = BASE_DIR / "server-newest-frontend.log"
-        with running_server(COMFY_DIR, BASE_DIR, log_path, extra_args=["--front-end-root", str(static)],
-                            timeout=180) as url:
-            report = _load_in_frontend(url, chromium, node)
+    return chromium, node
+
+
+@pytest.fixture(scope="module")
+def pinned_frontend(server) -> dict:
+    """The pinned frontend's report on every checked example, each also queued with the Run button."""
+    chromium, node = _frontend_tools()
+    url, _ = server
+    return _load_in_frontend(url, chromium, node, queue=True)
+
+
+@pytest.fixture(scope="module")
+def newest_frontend(server) -> dict:
+    """The newest frontend's report on every checked example, from a second server on the same base folder."""
+    chromium, node = _frontend_tools()
+    static = NEWEST_FRONTEND / "comfyui_frontend_package" / "static"
+    if not (static / "index.html").is_file():
+        _skip_or_fail(f"the newest frontend is not installed at {NEWEST_FRONTEND} (make test installs it)")
+    log_path = BASE_DIR / "server-newest-frontend.log"
+    with running_server(COMFY_DIR, BASE_DIR, log_path, extra_args=["--front-end-root", str(static)],
+                        timeout=180) as url:
+        return _load_in_frontend(url, chromium, node)
+
+
+def test_the_run_button_queues_each_examples_twin(pinned_frontend):
+    report = pinned_frontend
+    for name in _checked_examples():
+        assert report[name]["prompt_id"], (name, report[name])
+        assert _api_nodes(report[name]["queued"]) == _twin(name), name
+
+
+def test_the_examples_queued_from_the_frontend_run_to_completion(server, pinned_frontend):
+    url, _ = server
+    report = pinned_frontend
+    for name in _checked_examples():
+        entry = wait_for_history(url, report[name]["prompt_id"], timeout=600)
+        assert entry["status"]["status_str"] == "success", (name, entry["status"])
+        saved = [image for output in entry["outputs"].values() for image in output.get("images", [])
+                 if image["type"] == "output"]
+        assert saved and all((BASE_DIR / "output" / i["subfolder"] / i["filename"]).is_file() for i in saved), name
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_examples_load_in_the_real_frontend_without_an_error(frontend, request):
+    report = request.getfixturevalue(frontend)
     for name in _checked_examples():
         assert report[name]["errors"] == [], name
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_the_real_frontend_converts_each_example_to_its_twin(frontend, request):
+    report = request.getfixturevalue(frontend)
+    for name in _checked_examples():
         assert _api_nodes(report[name]["output"]) == _twin(name), name
 
 
@@ -165,7 +203,7 @@ def _api_nodes(prompt: dict) -> dict:
 
 
 def _twin(name: str) -> dict:
-    return json.loads((TESTS / "api_workflows" / f"{name}.json").read_text())
+    return api_workflow(name)
 
 
 def _checked_examples() -> list[str]:

@@ -4,29 +4,18 @@ import copy
 
 import pytest
 import torch
-from elite_fixtures import cfg_batch, row_indices, unet_eps
-from reference_attention import install_reference
+from conftest import ELITE_PROMPT
 
 from comfyui_elite.elite_core.comfyui import elite as comfy_elite
 from comfyui_elite.elite_core.comfyui import elite_patch
 from comfyui_elite.elite_core.elite import attn2_patches
 from comfyui_elite.elite_core.elite.concept import ELITEConcept
 from comfyui_elite.elite_core.elite.sites import SD1_ATTN2_SITES
+from elite_test_pack.reference_attention import install_reference
 from elite_test_pack.tiny_models import build_tiny_sd15_model
+from elite_test_pack.unet_calls import cfg_batch, row_indices, unet_eps
 
-PROMPT = "a photo of S on the beach"
 LAMBDA = 0.8
-
-
-@pytest.fixture(scope="module")
-def elite(tiny_clip, tiny_clip_vision, global_mapper, local_mapper, concept_image):
-    mask = torch.zeros(1, 96, 128)
-    mask[:, 16:80, 24:104] = 1.0
-    concept = comfy_elite.encode_concept(tiny_clip_vision, global_mapper, concept_image, local_mapper, mask)
-    positive, injection = comfy_elite.concept_conditioning(tiny_clip, concept, PROMPT, "S", all_words=False)
-    negative = tiny_clip.encode_from_tokens_scheduled(tiny_clip.tokenize(""))[0][0]
-    return {"concept": concept, "positive": positive, "pos": positive[0][0], "neg": negative,
-            "index": injection.index, "local_kv": local_mapper.kv}
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +251,7 @@ def test_half_precision_runs_and_stays_close(elite, dtype):
 
 
 def test_local_branch_needs_elite_conditioning(tiny_model, elite, tiny_clip):
-    plain_positive = tiny_clip.encode_from_tokens_scheduled(tiny_clip.tokenize(PROMPT))
+    plain_positive = tiny_clip.encode_from_tokens_scheduled(tiny_clip.tokenize(ELITE_PROMPT))
     with pytest.raises(comfy_elite.ELITEInputError, match="Connect ELITE Conditioning's output to 'positive'"):
         elite_patch.apply_elite(tiny_model, elite["concept"], plain_positive, LAMBDA)
     with pytest.raises(comfy_elite.ELITEInputError, match="needs the positive prompt from ELITE Conditioning"):

@@ -4,8 +4,6 @@ import math
 
 import pytest
 import torch
-from test_encoder import hooked_block_outputs
-from test_mappers import reference_mlp
 
 from comfyui_elite.elite_core.comfyui import elite as comfy_elite
 from comfyui_elite.elite_core.elite.clip_input import (
@@ -15,6 +13,7 @@ from comfyui_elite.elite_core.elite.clip_input import (
     squash_to_clip_input,
 )
 from comfyui_elite.nodes.nodes_encoder import ELITEEncoder
+from elite_test_pack.reference_encoder import hooked_block_outputs, reference_mlp
 
 
 def reference_patch_mask(mask_hw: torch.Tensor) -> torch.Tensor:

@@ -4,25 +4,7 @@ import torch
 
 from comfyui_elite.elite_core.elite.checkpoint import widths_from_state_dict
 from comfyui_elite.elite_core.elite.mappers import GlobalMapper, LocalMapper, build_mapper
-
-
-def reference_mlp(state, prefix, x):
-    """Linear -> LayerNorm -> LeakyReLU(0.01) -> Linear -> LayerNorm -> LeakyReLU -> Linear, by hand."""
-
-    def linear(i, h):
-        return h @ state[f"{prefix}.{i}.weight"].T + state[f"{prefix}.{i}.bias"]
-
-    def layer_norm(i, h):
-        mean = h.mean(-1, keepdim=True)
-        var = ((h - mean) ** 2).mean(-1, keepdim=True)
-        return (h - mean) / torch.sqrt(var + 1e-5) * state[f"{prefix}.{i}.weight"] + state[f"{prefix}.{i}.bias"]
-
-    def leaky(h):
-        return torch.where(h > 0, h, 0.01 * h)
-
-    h = leaky(layer_norm(1, linear(0, x)))
-    h = leaky(layer_norm(4, linear(3, h)))
-    return linear(6, h)
+from elite_test_pack.reference_encoder import reference_mlp
 
 
 def random_features(batch=2, width=64, seed=7):

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from elite_fixtures import cfg_batch, unet_eps
 
 from comfyui_elite.elite_core.comfyui import elite as comfy_elite
 from comfyui_elite.elite_core.comfyui import elite_patch
 from comfyui_elite.elite_core.elite import attn2_patches
 from comfyui_elite.elite_core.elite.attn2_patches import ELITEAttn2Replace
 from comfyui_elite.nodes.nodes_conditioning import ELITEConditioning
+from elite_test_pack.unet_calls import cfg_batch, unet_eps
 
 PROMPT = "a photo of S next to T on the beach"
 

@@ -66,7 +66,7 @@ def test_registry_issues_url_publish_workflow_and_ignored_files():
     assert urls.issues.startswith("https://") and urls.issues.endswith("/issues")
     ignored = {line.strip() for line in (REPO / ".comfyignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
-    assert {"tests/", "bench/", ".cache/"} <= ignored
+    assert {"tests/", "elite_test_pack/", "bench/", ".cache/"} <= ignored  # elite_test_pack: RANDOM weights, tests only
     shipped = {"nodes/", "elite_core/", "assets/", "example_workflows/", "__init__.py"}
     assert not ignored & shipped  # what the nodes and templates need is packaged
     workflow = (REPO / ".github" / "workflows" / "publish.yml").read_text()

@@ -1,9 +1,7 @@
 """The shipped example workflow: UI file, its API twin, and whole runs through ComfyUI's executor."""
 
-import asyncio
 import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +11,19 @@ from PIL import Image
 
 import nodes
 
-from elite_test_pack.workflows import save_node_id, ui_to_api, with_tiny_models
+from elite_test_pack.in_process import run_prompt
+from elite_test_pack.workflows import (
+    API_WORKFLOWS,
+    EXAMPLES,
+    needs_shared_data,
+    node_id,
+    save_node_id,
+    tiny_prompt,
+    ui_to_api,
+    with_tiny_models,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = ["elite_global", "elite_global_local", "elite_prepare_from_photo", "elite_saved_concept", "elite_two_concepts",
-            "elite_with_lora", "catversion_teddybear", "catversion_train_then_apply"]
 # The node types each example shows off.
 ELITE_NODES = {"ELITEGlobalMapperLoader", "ELITEEncoder", "ELITEConditioning", "ELITELocalAttnPatch"}
 EXAMPLE_NODES = {
@@ -29,51 +35,6 @@ EXAMPLE_NODES = {
     "catversion_teddybear": {"CatVersionLoader", "CatVersionApply"},
     "catversion_train_then_apply": {"CatVersionTrain", "CatVersionApply"},
 }
-
-
-def needs_shared_data(name: str) -> bool:
-    """The examples that load the authors' CatVersion adapters (../shared)."""
-    return name == "catversion_teddybear"
-
-
-def tiny_prompt(name: str) -> dict:
-    api = json.loads((REPO / "tests" / "api_workflows" / f"{name}.json").read_text())
-    return with_tiny_models(api, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER)
-
-
-class _Server:
-    """The minimum of PromptServer that PromptExecutor talks to (no client, so no messages)."""
-
-    client_id = None
-    last_node_id = None
-
-    def send_sync(self, event, data, sid=None):
-        pass
-
-    def queue_updated(self):
-        pass
-
-
-def submit(prompt: dict):
-    """Validate ``prompt`` as the server does and run it when it is valid, with a fresh cache.
-    Returns (executor, None), or (None, (error, node_errors)) when validation refused it."""
-    import execution
-
-    prompt_id = str(uuid.uuid4())
-    ok, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
-    if not ok:
-        return None, (error, node_errors)
-    # "ram_inactive" is read by newer ComfyUI (0.33.0); older versions ignore it.
-    executor = execution.PromptExecutor(_Server(), cache_type=execution.CacheType.CLASSIC,
-                                        cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
-    executor.execute(prompt, prompt_id, {"client_id": None}, outputs)
-    return executor, None
-
-
-def run_prompt(prompt: dict):
-    executor, refusal = submit(prompt)
-    assert executor is not None, refusal
-    return executor
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -101,7 +62,7 @@ def test_api_twin_is_the_conversion_of_the_ui_example(name):
     """The API-format twin the tests execute is exactly the shipped UI workflow.
     After changing a workflow, refresh the twins with ELITE_UPDATE_TWINS=1 make test."""
     converted = ui_to_api(json.loads((REPO / "example_workflows" / f"{name}.json").read_text()), nodes.NODE_CLASS_MAPPINGS)
-    twin = REPO / "tests" / "api_workflows" / f"{name}.json"
+    twin = API_WORKFLOWS / f"{name}.json"
     if os.environ.get("ELITE_UPDATE_TWINS") == "1":
         twin.write_text(json.dumps(converted, indent=1) + "\n")
     assert converted == json.loads(twin.read_text())
@@ -134,7 +95,7 @@ def execution_error(prompt) -> dict:
 ])
 def test_workflow_errors_reach_the_user(bad_prompt, message):
     prompt = tiny_prompt("elite_global")
-    prompt["6"]["inputs"]["text"] = bad_prompt
+    prompt[node_id(prompt, "ELITEConditioning")]["inputs"]["text"] = bad_prompt
     error = execution_error(prompt)
     assert message in error["exception_message"]
     assert error["node_type"] == "ELITEConditioning"
@@ -145,16 +106,19 @@ def test_the_saved_concept_templates_second_row_reuses_the_concept_without_encod
     row alone: the concept comes from the file, the encoder never runs."""
     from comfyui_elite.elite_core.comfyui import elite as comfy_elite
 
-    executor = run_prompt(tiny_prompt("elite_saved_concept"))
+    shipped = tiny_prompt("elite_saved_concept")
+    save_concept = node_id(shipped, "ELITESaveConcept")
+    first_row_outputs = (save_node_id(shipped), save_concept)  # the second row is muted: not in the prompt
+    executor = run_prompt(shipped)
     assert executor.success
-    (saved,) = executor.history_result["outputs"]["14"]["text"]
+    (saved,) = executor.history_result["outputs"][save_concept]["text"]
     name = saved.split()[1].rstrip(";")
     workflow = json.loads((REPO / "example_workflows" / "elite_saved_concept.json").read_text())
     for node in workflow["nodes"]:
         node["mode"] = 0
     prompt = with_tiny_models(ui_to_api(workflow, nodes.NODE_CLASS_MAPPINGS), TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER)
-    prompt = {key: node for key, node in prompt.items() if key not in ("12", "14")}  # the first row's outputs
-    prompt["15"]["inputs"]["concept_name"] = name
+    prompt = {key: node for key, node in prompt.items() if key not in first_row_outputs}
+    prompt[node_id(prompt, "ELITELoadConcept")]["inputs"]["concept_name"] = name
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("the concept was encoded again")
@@ -162,4 +126,4 @@ def test_the_saved_concept_templates_second_row_reuses_the_concept_without_encod
     monkeypatch.setattr(comfy_elite, "encode_concept", no_encoding)
     executor = run_prompt(prompt)
     assert executor.success, [m for m in executor.status_messages if m[0] == "execution_error"]
-    assert executor.history_result["outputs"]["20"]["images"]
+    assert executor.history_result["outputs"][save_node_id(prompt)]["images"]

@@ -1,7 +1,21 @@
 """Test and demo node pack: loaders that return tiny RANDOM models in the real SD1.x layouts.
 
 It lets whole ELITE workflows run through a real ComfyUI without any model file. The images it
-produces are noise: nothing here is a trained model.
+produces are noise: nothing here is a trained model. RANDOM weights, for the tests and the demo
+only; it is not shipped (.comfyignore leaves it out of the Registry package).
+
+Two ways in, one package:
+
+* ComfyUI loads it as a custom node pack: tests/conftest.py links it into
+  ``<base>/custom_nodes/elite_test_pack``, loads it with ComfyUI's own loader and registers the
+  loaded module as ``elite_test_pack``; scripts/demo.py links it into its demo base folder.
+* Scripts and benchmarks import it as ``elite_test_pack`` with the repository root on sys.path.
+
+Besides the nodes, its modules hold the helpers the tests share (none of them is a test):
+tiny models (``tiny_models``, ``tiny_metric_models``, ``tiny_training_models``), workflow helpers
+(``workflows``, ``in_process``, ``comfy_server``), direct UNet calls (``unet_calls``), the
+trainer's command line (``elite_trainer_runs``) and the independent re-statements of the
+reference maths that the parity tests compare against (the ``reference_*`` modules).
 """
 
 import functools

@@ -1,4 +1,5 @@
-"""Shared helpers for the local-branch tests: concept, prompts and direct UNet calls."""
+"""Direct UNet calls shared by the attention tests: one UNet call as the sampler makes it, the CFG
+batch the sampler would build, and the placeholder index of each row."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_ALIAS = "comfyui_elite"
 STANDALONE_CORE = "elite_core"
 

@@ -1,8 +1,23 @@
-"""Workflow helpers for tests and the demo: UI-format -> API-format, and swapping in tiny models."""
+"""Workflow helpers for tests and the demo: UI-format -> API-format, swapping in tiny models, the
+API-format twins of the shipped examples, and finding a node of a prompt by its class."""
 
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The API-format twins of example_workflows/*.json (test data; test_workflows.py checks each against
+# the conversion of its UI workflow).
+API_WORKFLOWS = REPO_ROOT / "tests" / "api_workflows"
+EXAMPLES = ["elite_global", "elite_global_local", "elite_prepare_from_photo", "elite_saved_concept", "elite_two_concepts",
+            "elite_with_lora", "catversion_teddybear", "catversion_train_then_apply"]
+# The tiny RANDOM mapper files tests/conftest.py writes into models/elite (tiny_mapper_state_dict
+# seeds 10 and 11).
+TINY_GLOBAL_MAPPER = "tiny_global_mapper.safetensors"
+TINY_GLOBAL_MAPPER_PT = "tiny_global_mapper.pt"
+TINY_LOCAL_MAPPER = "tiny_local_mapper.safetensors"
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}  # notes live in the graph, never in the prompt
@@ -77,10 +92,45 @@ def with_tiny_models(prompt: dict, mapper_name: str, local_mapper_name: str | No
     return prompt
 
 
+def node_ids(prompt: dict, class_type: str) -> list[str]:
+    """The ids of an API-format prompt's nodes of one class, in the prompt's order."""
+    return [key for key, node in prompt.items() if node["class_type"] == class_type]
+
+
+def node_id(prompt: dict, class_type: str) -> str:
+    """The id of an API-format prompt's only node of ``class_type`` (an error when it has none or several)."""
+    found = node_ids(prompt, class_type)
+    if len(found) != 1:
+        raise LookupError(f"the prompt has {len(found)} {class_type} nodes ({found}), not exactly one")
+    return found[0]
+
+
+def add_node(prompt: dict, class_type: str, **inputs) -> str:
+    """Add a node to an API-format prompt under an id no node has; return that id."""
+    new_id = str(max((int(key) for key in prompt if key.isdigit()), default=0) + 1)
+    prompt[new_id] = {"class_type": class_type, "inputs": inputs}
+    return new_id
+
+
 def save_node_id(prompt: dict) -> str:
     """The id of the workflow's (only) Save Image node."""
-    (node_id,) = [key for key, node in prompt.items() if node["class_type"] == "SaveImage"]
-    return node_id
+    return node_id(prompt, "SaveImage")
+
+
+def needs_shared_data(name: str) -> bool:
+    """The examples that load the authors' CatVersion adapters (../shared)."""
+    return name == "catversion_teddybear"
+
+
+def api_workflow(name: str) -> dict:
+    """The API-format twin of the shipped example ``name``, as tests/api_workflows holds it."""
+    return json.loads((API_WORKFLOWS / f"{name}.json").read_text())
+
+
+def tiny_prompt(name: str, mapper_name: str = TINY_GLOBAL_MAPPER, local_mapper_name: str | None = TINY_LOCAL_MAPPER,
+                **tiny) -> dict:
+    """The shipped example ``name`` on the tiny RANDOM models and (by default) the tiny mapper files."""
+    return with_tiny_models(api_workflow(name), mapper_name, local_mapper_name, **tiny)
 
 
 CONCEPT_PHOTOS = {"concept_photo_1.png": (96, 80), "concept_photo_2.png": (64, 64), "concept_photo_3.png": (128, 96)}
