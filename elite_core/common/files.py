@@ -23,6 +23,17 @@ PICKLE_EXTENSIONS = (".pt", ".pth", ".bin", ".ckpt")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
+def _default_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+# what open() gives a new file here: safetensors writes its files owner-only (0600), which would hide a
+# saved concept, mapper or adapter from the other users of a shared ComfyUI
+FILE_MODE = _default_file_mode()
+
+
 class TensorFileError(ValueError):
     """A model file that cannot be used (damaged, unsafe, or of another kind); the message says why."""
 
@@ -57,42 +68,78 @@ def safetensors_metadata(path: str, folder: str, error: type[TensorFileError] = 
     return dict(header.get("__metadata__") or {})
 
 
-_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# The Python object a weights-only load refused, in each wording torch has used: "Unsupported global:
+# GLOBAL builtins.print was not an allowed global", "unsupported GLOBAL posix.system whose module posix
+# is blocked", and for an object built from an allowed global, "... but got <class 'x.Y'>".
+_REFUSED_OBJECT = (
+    re.compile(r"GLOBAL ([\w.]+)", re.IGNORECASE),
+    re.compile(r"but got <class '([\w.]+)'>"),
+)
+# torch's own advice (re-running with weights_only=False, allowlisting the global) would run the code a
+# weights-only load refused: the pack never passes any of torch's text on for a refused file.
+SAFE_ADVICE = ("Do not load it with weights_only=False or allowlist its objects: that runs whatever code the "
+               "file holds. Get the .safetensors file, or the official file, from where you found it")
 
 
-def describe_pickle_error(path: str, exc: Exception, what: str, folder: str) -> str:
-    """What a failed weights-only torch.load of ``path`` means for the user (``what``: the kind of
-    file, e.g. "ELITE mappers"; ``folder``: where a fresh copy goes)."""
-    name = os.path.basename(path)
+def refused_object(exc: Exception) -> str | None:
+    """The Python object (module.name) a weights-only torch.load refused, or None."""
     text = str(exc)
-    refused = _REFUSED_GLOBAL.search(text)
+    for pattern in _REFUSED_OBJECT:
+        found = pattern.search(text)
+        if found:
+            return found.group(1)
+    return None
+
+
+def describe_pickle_error(path: str, exc: Exception, what: str, folder: str, convert: str = "") -> str:
+    """What a failed weights-only torch.load of ``path`` means for the user (``what``: the kind of
+    file, e.g. "ELITE mappers"; ``folder``: where a fresh copy goes; ``convert``: the pack's converter
+    for a file the user trusts, when there is one). Quotes none of torch's message."""
+    name = os.path.basename(path)
+    advice = SAFE_ADVICE + (f"; convert only a file you trust, with {convert}." if convert else ".")
+    refused = refused_object(exc)
     if refused:
         return (
-            f"'{name}' was refused: it needs the Python object '{refused.group(1)}', which a weights-only "
-            f"load does not allow. {what} contain only tensors; a file that needs arbitrary Python "
-            "objects is refused for safety. Use the official files or a .safetensors file."
+            f"'{name}' was refused: it needs the Python object '{refused}', which a weights-only load does not "
+            f"allow. {what} contain only tensors; a file that needs arbitrary Python objects is refused for "
+            f"safety. {advice}"
         )
     with open(path, "rb") as f:
         magic = f.read(4)
+    text = str(exc)
     damaged_zip = magic == b"PK\x03\x04" and not zipfile.is_zipfile(path)
     if damaged_zip or isinstance(exc, EOFError) or "truncated" in text or "failed finding central directory" in text:
         return (
             f"'{name}' is truncated or damaged: it is not a complete torch checkpoint "
             f"({os.path.getsize(path):,} bytes). {fetch_again(folder)}"
         )
-    first_line = text.splitlines()[0] if text else ""
+    if text_file_head(path).startswith("version https://git-lfs"):
+        return (f"'{name}' is a Git LFS pointer (a small text file), not the weights: fetch the file itself "
+                f"(git lfs pull, or the download link) into {folder}.")
     return (
-        f"Could not read '{name}' as a weights-only torch checkpoint ({exc.__class__.__name__}: {first_line}). "
-        f"{what} are torch.save'd dicts of tensors or .safetensors files."
+        f"Could not read '{name}' as a weights-only torch checkpoint ({exc.__class__.__name__}). {what} are "
+        f"torch.save'd dicts of tensors or .safetensors files; this file is damaged or of another kind. {advice}"
     )
+
+
+def text_file_head(path: str, size: int = 64) -> str:
+    """The first bytes of a file as text ('' when they are not text)."""
+    with open(path, "rb") as f:
+        head = f.read(size)
+    try:
+        return head.decode("ascii")
+    except UnicodeDecodeError:
+        return ""
 
 
 def write_atomically(path: str, write) -> None:
     """``write(temporary_path)``, then rename the result to ``path``: a reader never sees a
-    half-written file, and a failed write leaves nothing behind."""
+    half-written file, and a failed write leaves nothing behind. The file gets the permissions of
+    any new file here (:data:`FILE_MODE`), whatever the writer used."""
     partial = path + ".partial"
     try:
         write(partial)
+        os.chmod(partial, FILE_MODE)
         os.replace(partial, path)
     finally:
         if os.path.exists(partial):

@@ -70,7 +70,8 @@ def read_tensor_file_with_metadata(path: str) -> tuple[dict[str, torch.Tensor], 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError) as exc:
-        raise MapperFormatError(describe_pickle_error(path, exc, "ELITE mappers", MODELS_SUBFOLDER)) from exc
+        raise MapperFormatError(describe_pickle_error(path, exc, "ELITE mappers", MODELS_SUBFOLDER,
+                                                     convert="python -m elite_core.convert")) from exc
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

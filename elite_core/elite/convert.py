@@ -18,6 +18,7 @@ import sys
 
 import torch
 
+from ..common.files import write_atomically
 from .checkpoint import (
     MAPPER_KINDS,
     MapperFormatError,
@@ -54,7 +55,7 @@ def convert(src: str, dst: str, kind: str | None = None) -> int:
         raise MapperFormatError(f"The output '{dst}' must end in .safetensors.")
     state_dict, widths = load_mapper_state_dict(src)
     kind = mapper_kind(src, kind)
-    save_mapper_safetensors(state_dict, dst, kind=kind)
+    write_atomically(dst, lambda partial: save_mapper_safetensors(state_dict, partial, kind=kind))
     reread = read_tensor_file(dst)
     if reread.keys() != state_dict.keys():
         raise MapperFormatError(f"Round trip changed the key set of '{dst}'.")
