@@ -97,7 +97,8 @@ class CatVersionTrain(io.ComfyNode):
                 io.Int.Input("resolution", default=recipe.resolution, min=64, max=2048, step=64,
                              tooltip="Training size in pixels (paper: 512)."),
                 io.Boolean.Input("random_flip", default=True, tooltip="Mirror each image with probability 0.5 (paper: on)."),
-                io.Int.Input("seed", default=recipe.seed, min=0, max=2**63 - 1,
+                # fixed, never randomized after a run: a new seed means a new training (hours on a CPU)
+                io.Int.Input("seed", default=recipe.seed, min=0, max=2**63 - 1, control_after_generate=False,
                              tooltip="Seeds the prefix init and every random draw: the same seed gives the same adapter."),
             ],
             outputs=[CatVersionType.Output(display_name="catversion")],

@@ -22,6 +22,9 @@ def test_comfyui_reads_the_registry_metadata():
     assert config.project.urls.repository.startswith("https://")
     assert (REPO / config.project.license.file).is_file()
     assert config.tool_comfy.publisher_id and config.tool_comfy.display_name
+    # what a Registry or Manager search shows names every family of nodes the pack has
+    assert {"ELITE", "CatVersion"} <= set(re.findall(r"\w+", config.tool_comfy.display_name))
+    assert all(word in config.project.description for word in ("ELITE", "CatVersion", "DreamBench"))
 
 
 def test_icon_is_shipped_where_its_url_points():
@@ -50,7 +53,7 @@ def test_the_pack_is_a_v3_extension_only():
 def test_training_code_stays_out_of_what_comfyui_imports():
     """ComfyUI loads __init__.py, nodes/ and elite_core/: none of them may reach the command-line
     trainers or their extra dependencies, so a Manager install needs nothing beyond ComfyUI."""
-    shipped = [REPO / "__init__.py", *(REPO / "nodes").glob("*.py"), *(REPO / "elite_core").glob("*.py")]
+    shipped = [REPO / "__init__.py", *(REPO / "nodes").glob("*.py"), *(REPO / "elite_core").rglob("*.py")]
     for path in shipped:
         text = path.read_text()
         assert not re.search(r"^\s*(from|import)\s+[.\w]*(elite_training|accelerate)\b", text, re.M), path
@@ -90,3 +93,14 @@ def test_search_aliases_and_advanced_inputs_where_comfyui_supports_them():
     if "advanced" in inspect.signature(io.Float.Input).parameters:
         assert patch["start_percent"].advanced and patch["global_kv"].advanced
         assert not patch["strength"].advanced
+
+
+def test_the_training_seed_is_never_randomized_by_the_frontend():
+    """Every frontend gives an INT input named 'seed' a 'control after generate: randomize' widget unless
+    the schema says otherwise; for CatVersion Train Concept a new seed would mean a new training on
+    every Run, so the schema says so, and ComfyUI passes it on to the frontend."""
+    from comfyui_elite.nodes.nodes_catversion import CatVersionTrain
+
+    seed = next(i for i in CatVersionTrain.define_schema().inputs if i.id == "seed")
+    assert seed.control_after_generate is False
+    assert seed.as_dict()["control_after_generate"] is False
