@@ -27,7 +27,6 @@ from elite_core.common.files import IMAGE_EXTENSIONS, open_oriented
 log = logging.getLogger("elite.catversion.train")
 
 
-
 def parse_args(argv=None) -> argparse.Namespace:
     from elite_core.catversion.training import BASE_LEARNING_RATE, CatVersionRecipe
 
@@ -113,12 +112,12 @@ def train(accelerator, model, clip, vae, images, recipe, output: str | None, fil
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parse_args(argv)  # --help works without the training extras
     try:
         from accelerate import Accelerator
     except ImportError:
         log.error("The command-line trainer needs Hugging Face accelerate: pip install -r requirements-train.txt")
         return 2
-    args = parse_args(argv)
     try:
         comfy_dir = find_comfyui(args.comfyui)
         images = load_image_folder(args.images)

@@ -76,6 +76,7 @@ def test_every_node_has_a_help_page_the_server_serves(server):
         page = requests.get(f"{url}/extensions/comfyui-elite/docs/{node_id}.md", timeout=10)
         assert page.status_code == 200, node_id
         assert page.text.startswith("# ") and len(page.text) > 150, node_id
+        assert page.text.splitlines()[0] == f"# {info[node_id]['display_name']}", node_id  # the title the menu shows
 
 
 def test_workflow_over_http_produces_an_image(server):
