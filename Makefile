@@ -6,7 +6,8 @@ PY := .cache/venv/bin/python
 env:
 	bash scripts/bootstrap.sh
 
-demo: env
+demo:
+	bash scripts/bootstrap.sh demo
 	$(PY) scripts/demo.py
 
 test: env lint

@@ -8,8 +8,10 @@
 #   .cache/venv-0.33.0       the same torch with ComfyUI 0.33.0's requirements
 #   .cache/comfyui-0.33.0    ComfyUI 0.33.0, unpacked from ../shared/comfyui/comfyui-0.33.0.tar.xz
 # plus the newest ComfyUI frontend (.cache/frontend-newest) and what the frontend check needs.
+# `bootstrap.sh demo` (make demo) sets up only the first venv and ComfyUI 0.3.75: what the demo runs on.
 # Idempotent: a second run only checks the stamps and returns.
 set -euo pipefail
+MODE=${1:-all}
 cd "$(dirname "$0")/.."
 CACHE=${ELITE_CACHE:-$PWD/.cache}
 SHARED=${ELITE_SHARED:-$PWD/../shared}
@@ -60,8 +62,11 @@ frontend_check_tools() {
   fi
 }
 # It needs none of the Python environment: it runs while that is built.
-frontend_check_tools &
-FRONTEND_TOOLS=$!
+FRONTEND_TOOLS=
+if [ "$MODE" != demo ]; then
+  frontend_check_tools &
+  FRONTEND_TOOLS=$!
+fi
 
 # torch, torchvision and their CUDA libraries are most of the disk: one copy for both venvs.
 if [ ! -f "$TORCH_BASE/.elite-stamp-$STAMP_VERSION" ]; then
@@ -91,7 +96,10 @@ make_venv() {
     "$venv/bin/python" -c 'import torch, torchvision; assert torch.__version__.startswith("2.14.1"), torch.__version__'
     touch "$venv/.elite-stamp-$STAMP_VERSION"
   fi
-  if [ ! -f "$venv/.elite-reqs-$REQS_HASH" ]; then
+  if [ "$MODE" = demo ]; then
+    # the demo drives a ComfyUI server over HTTP; the test and training tools come with make test
+    "$venv/bin/python" -c 'import requests' 2>/dev/null || "$venv/bin/pip" install -q requests "${TORCH_PINS[@]}"
+  elif [ ! -f "$venv/.elite-reqs-$REQS_HASH" ]; then
     log "installing the test and training tools (requirements-dev.txt) into $venv"
     "$venv/bin/pip" install -q -r requirements-dev.txt "${TORCH_PINS[@]}"
     rm -f "$venv"/.elite-reqs-*
@@ -127,7 +135,9 @@ fi
 make_venv "$CACHE/venv" "$COMFY" &
 VENVS=($!)
 
-if [ -f "$NEW_COMFY_TAR" ]; then
+if [ "$MODE" = demo ]; then
+  :  # the demo runs on ComfyUI 0.3.75 only
+elif [ -f "$NEW_COMFY_TAR" ]; then
   NEW_COMFY=$CACHE/comfyui-$NEW_COMFY_VERSION
   if [ ! -f "$NEW_COMFY/.elite-stamp-$STAMP_VERSION" ]; then
     log "unpacking ComfyUI $NEW_COMFY_VERSION from $NEW_COMFY_TAR"
@@ -148,7 +158,7 @@ done
 # The newest frontend, served with --front-end-root by the frontend check (the pinned ones come
 # with each ComfyUI's requirements).
 FRONTEND_NEWEST=$CACHE/frontend-newest
-if [ ! -f "$FRONTEND_NEWEST/.elite-stamp-$NEWEST_FRONTEND" ]; then
+if [ "$MODE" != demo ] && [ ! -f "$FRONTEND_NEWEST/.elite-stamp-$NEWEST_FRONTEND" ]; then
   log "installing comfyui-frontend-package $NEWEST_FRONTEND (frontend check)"
   rm -rf "$FRONTEND_NEWEST"
   if "$CACHE/venv/bin/pip" install -q --no-deps --target "$FRONTEND_NEWEST" \
@@ -159,5 +169,5 @@ if [ ! -f "$FRONTEND_NEWEST/.elite-stamp-$NEWEST_FRONTEND" ]; then
   fi
 fi
 
-wait "$FRONTEND_TOOLS"
+[ -z "$FRONTEND_TOOLS" ] || wait "$FRONTEND_TOOLS"
 log "ready: $(ls -d "$TORCH_BASE" "$CACHE"/venv* "$CACHE"/comfyui* | tr '\n' ' ')"
