@@ -31,7 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..common.files import TensorFileError, describe_pickle_error, safetensors_metadata
+from ..common.files import TensorFileError, describe_pickle_error, owned, safetensors_metadata
 
 TEXT_WIDTH = 768  # CLIP ViT-L/14 text: 12 heads x 64
 NUM_HEADS = 12
@@ -181,14 +181,14 @@ def read_official_adapter(path: str) -> CatVersionPrefix:
         raise CatVersionFormatError(describe_pickle_error(path, exc, "CatVersion adapters", FOLDER)) from exc
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise CatVersionFormatError(f"'{name}' holds a {type(state).__name__}, not a dict of tensors; {_EXPECTED}.")
-    return _official_prefix(state, name)
+    return _official_prefix(owned(state), name)
 
 
 def read_catversion_safetensors(path: str) -> CatVersionPrefix:
     name = os.path.basename(path)
     metadata = safetensors_metadata(path, FOLDER, CatVersionFormatError)
     with safe_open(path, framework="pt", device="cpu") as f:
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
+        tensors = owned({key: f.get_tensor(key) for key in f.keys()})
     if metadata.get("format") != SAFETENSORS_FORMAT:
         if any(key.endswith(_FLAT_SUFFIX) for key in tensors):
             return _official_prefix(tensors, name)

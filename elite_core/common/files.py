@@ -132,6 +132,14 @@ def text_file_head(path: str, size: int = 64) -> str:
         return ""
 
 
+def owned(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies, in storage of their own, of the tensors a file reader handed back. safetensors returns
+    tensors at the file's byte offsets (unaligned), and the CPU matmul rounds differently on unaligned
+    operands: without the copy the same weights give other bits from a .safetensors file than from a
+    .pt (and are a slower operand). One copy at load; torch's allocator aligns to 64 bytes."""
+    return {key: tensor.clone(memory_format=torch.contiguous_format) for key, tensor in tensors.items()}
+
+
 def write_atomically(path: str, write) -> None:
     """``write(temporary_path)``, then rename the result to ``path``: a reader never sees a
     half-written file, and a failed write leaves nothing behind. The file gets the permissions of

@@ -26,6 +26,7 @@ from ..common.files import (
     TensorFileError,
     describe_pickle_error,
     fetch_again,
+    owned,
     safetensors_metadata,
 )
 from .mappers import NUM_WORDS, MapperWidths, expected_keys
@@ -64,7 +65,7 @@ def read_tensor_file_with_metadata(path: str) -> tuple[dict[str, torch.Tensor], 
     if ext in SAFETENSORS_EXTENSIONS:
         metadata = safetensors_metadata(path, MODELS_SUBFOLDER, MapperFormatError)
         try:
-            return load_file(path, device="cpu"), metadata
+            return owned(load_file(path, device="cpu")), metadata
         except Exception as exc:  # safetensors raises its own error types
             raise MapperFormatError(f"Could not read '{name}' as safetensors: {exc}") from exc
     try:
@@ -76,7 +77,7 @@ def read_tensor_file_with_metadata(path: str) -> tuple[dict[str, torch.Tensor], 
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise MapperFormatError(f"'{name}' holds a {type(obj).__name__}, not a dict of tensors; {_EXPECTED_LAYOUT}.")
-    return dict(obj), {}
+    return owned(obj), {}
 
 
 def read_tensor_file(path: str) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..common.files import owned
 from .concept import KVWeights
 from .sites import SD1_ATTN2_SITES
 
@@ -54,7 +55,7 @@ def read_concept(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
+            tensors = owned({key: f.get_tensor(key) for key in f.keys()})
     except (OSError, ValueError, RuntimeError) as exc:
         raise ConceptFileError(f"{path} is not a readable safetensors file ({exc}).") from None
     if metadata.get("format") != CONCEPT_FORMAT:
