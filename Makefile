@@ -1,5 +1,6 @@
 # ELITE for ComfyUI: environment, demo and tests. Everything installs under .cache/ (git-ignored).
-PY := .cache/venv/bin/python
+CACHE := $(if $(ELITE_CACHE),$(ELITE_CACHE),.cache)
+PY := $(CACHE)/venv/bin/python
 
 .PHONY: env demo test lint clean
 
