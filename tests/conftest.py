@@ -86,7 +86,7 @@ SHARED_DIR = REPO.parent / "shared"
 CATVERSION_DATA = SHARED_DIR / "data" / "catversion"
 CATVERSION_MODELS = BASE_DIR / "models" / "catversion"
 CATVERSION_CONCEPTS = ("teddybear", "colorful_teapot")
-CATVERSION_MODELS.mkdir(parents=True)
+CATVERSION_MODELS.mkdir(parents=True, exist_ok=True)  # the pack created it when ComfyUI loaded it
 if CATVERSION_DATA.is_dir():
     for _concept in CATVERSION_CONCEPTS:
         shutil.copyfile(CATVERSION_DATA / _concept / "pytorch_adapter.bin", CATVERSION_MODELS / f"{_concept}.bin")

@@ -62,3 +62,11 @@ def test_local_loader_keeps_kv_in_a_managed_module():
     weights = mapper.kv_patcher.model.weights()
     assert len(weights) == 16
     assert not any(name.endswith("_to_k.weight") for name in mapper.module.state_dict())  # MLPs only
+
+
+def test_the_pack_creates_its_model_folders_at_start_up(base_dir):
+    """The test bed makes models/elite itself before ComfyUI loads the pack; the other three exist only
+    because the pack created them when ComfyUI loaded it."""
+    for folder in ("elite", "catversion", "elite_concepts", "elite_eval"):
+        assert (base_dir / "models" / folder).is_dir(), folder
+        assert str(base_dir / "models" / folder) == folder_paths.get_folder_paths(folder)[0]

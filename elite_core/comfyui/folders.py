@@ -12,8 +12,14 @@ import folder_paths
 
 def register_folder(folder: str, extensions) -> None:
     """Register ``models/<folder>`` (plus any ``<folder>:`` paths from extra_model_paths.yaml),
-    listing only files with ``extensions``."""
-    folder_paths.add_model_folder_path(folder, os.path.join(folder_paths.models_dir, folder), is_default=True)
+    listing only files with ``extensions``, and create it when it is missing, so that an artist finds
+    the folder the README and the messages name (a read-only install is left as it is)."""
+    default = os.path.join(folder_paths.models_dir, folder)
+    try:
+        os.makedirs(default, exist_ok=True)
+    except OSError:
+        pass  # e.g. a read-only ComfyUI: the messages still name the folder
+    folder_paths.add_model_folder_path(folder, default, is_default=True)
     paths = folder_paths.folder_names_and_paths[folder][0]
     folder_paths.folder_names_and_paths[folder] = (paths, set(extensions))
 
