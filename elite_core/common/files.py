@@ -105,31 +105,21 @@ def describe_pickle_error(path: str, exc: Exception, what: str, folder: str, con
             f"safety. {advice}"
         )
     with open(path, "rb") as f:
-        magic = f.read(4)
+        head = f.read(64)
     text = str(exc)
-    damaged_zip = magic == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+    damaged_zip = head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path)
     if damaged_zip or isinstance(exc, EOFError) or "truncated" in text or "failed finding central directory" in text:
         return (
             f"'{name}' is truncated or damaged: it is not a complete torch checkpoint "
             f"({os.path.getsize(path):,} bytes). {fetch_again(folder)}"
         )
-    if text_file_head(path).startswith("version https://git-lfs"):
+    if head.startswith(b"version https://git-lfs"):
         return (f"'{name}' is a Git LFS pointer (a small text file), not the weights: fetch the file itself "
                 f"(git lfs pull, or the download link) into {folder}.")
     return (
         f"Could not read '{name}' as a weights-only torch checkpoint ({exc.__class__.__name__}). {what} are "
         f"torch.save'd dicts of tensors or .safetensors files; this file is damaged or of another kind. {advice}"
     )
-
-
-def text_file_head(path: str, size: int = 64) -> str:
-    """The first bytes of a file as text ('' when they are not text)."""
-    with open(path, "rb") as f:
-        head = f.read(size)
-    try:
-        return head.decode("ascii")
-    except UnicodeDecodeError:
-        return ""
 
 
 def owned(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from elite_core.common.images import CLIP_MEAN, CLIP_STD
+from elite_core.common.images import clip_normalise
 
 from .objects import ObjectImage, mask_crop_box
 
@@ -69,10 +69,6 @@ def _box_blur(image: torch.Tensor, kernel: int) -> torch.Tensor:
     return F.avg_pool2d(padded, kernel, stride=1)[0]
 
 
-def _clip_normalise(image: torch.Tensor) -> torch.Tensor:
-    return (image - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
-
-
 def clip_view(crop: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """(3, H, W) in [0, 1] -> CLIP-normalised (3, 224, 224) with the reference's augmentations."""
     image = TF.resize(crop, [224, 224], interpolation=InterpolationMode.BICUBIC, antialias=True).clamp(0, 1)
@@ -87,7 +83,7 @@ def clip_view(crop: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         field = torch.rand(1, 2, 224, 224, generator=gen) * 2 - 1
         field = TF.gaussian_blur(field, [201, 201], [50.0, 50.0]).permute(0, 2, 3, 1)
         image = TF.elastic(image, field * (2.0 / 224), interpolation=InterpolationMode.BILINEAR)
-    return _clip_normalise(image)
+    return clip_normalise(image[None])[0]
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
@@ -147,7 +143,7 @@ def local_sample(obj: ObjectImage, gen: torch.Generator, resolution: int, latent
     obj_t, seg_t = _joint_augment(Image.fromarray(masked.astype(np.uint8)).resize((224, 224), Image.BICUBIC),
                                   crop_mask.resize((224, 224), Image.NEAREST), gen)
     clip_t = _to_tensor(crop.resize((224, 224), Image.BICUBIC))
-    return LocalSample(pixels, valid, _clip_normalise(clip_t), _clip_normalise(obj_t),
+    return LocalSample(pixels, valid, clip_normalise(clip_t[None])[0], clip_normalise(obj_t[None])[0],
                        (seg_t > 0.5).float().expand(3, -1, -1).clone(), caption)
 
 
