@@ -23,6 +23,8 @@ PACK_DIR = Path(__file__).resolve().parents[1]
 if str(PACK_DIR) not in sys.path:
     sys.path.insert(0, str(PACK_DIR))
 
+from elite_core.common.checks import real_number, seed_number, whole_number  # noqa: E402  (after the path line)
+
 log = logging.getLogger("elite.eval")
 
 
@@ -33,11 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=["sd", "elite-global", "elite-local@0.6"],
                    help="sd, elite-global, elite-local@<λ> (several λ for the trade-off curve), catversion")
     p.add_argument("--subjects", nargs="+", help="only these subjects")
-    p.add_argument("--prompts", type=int, help="only the first N prompts of each subject")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="one image per prompt per seed")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--steps", type=int, help="sampling steps for every method (default: each method's own, 50)")
-    p.add_argument("--cfg", type=float, help="CFG for every method (default: ELITE and SD 5, CatVersion 10)")
+    p.add_argument("--prompts", type=whole_number(1), help="only the first N prompts of each subject")
+    p.add_argument("--seeds", type=seed_number, nargs="+", default=[0, 1, 2, 3], help="one image per prompt per seed")
+    p.add_argument("--size", type=whole_number(64, multiple_of=64), default=512)
+    p.add_argument("--steps", type=whole_number(1), help="sampling steps for every method (default: each method's own, 50)")
+    p.add_argument("--cfg", type=real_number(0.0, 100.0), help="CFG for every method (default: ELITE and SD 5, CatVersion 10)")
     models = p.add_argument_group("generation models (names in ComfyUI's models/ folders, or paths)")
     models.add_argument("--comfyui", help="the ComfyUI folder (default: $COMFYUI_DIR or the one this pack is in)")
     models.add_argument("--cpu", action="store_true", help="run on the CPU")

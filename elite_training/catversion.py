@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 
 import numpy as np
 import torch
 
 from elite_core.comfyui.runtime import SetupError, find_comfyui, load_sd1_checkpoint, start_comfyui
-from elite_core.common.checks import ELITEInputError
+from elite_core.common.checks import MIN_IMAGE_SIDE, ELITEInputError, real_number, seed_number, whole_number
 from elite_core.common.files import IMAGE_EXTENSIONS, open_oriented
 
 log = logging.getLogger("elite.catversion.train")
@@ -39,13 +40,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", default=None, help="adapter .safetensors to write (default: ComfyUI's "
                    "models/catversion/<class word>_<counter>.safetensors)")
     p.add_argument("--comfyui", default=None, help="ComfyUI folder (default: $COMFYUI_DIR, or the ComfyUI this pack is in)")
-    p.add_argument("--steps", type=int, default=recipe.steps)
-    p.add_argument("--batch-size", type=int, default=recipe.batch_size, help="images per step and process")
-    p.add_argument("--learning-rate", type=float, default=None,
+    p.add_argument("--steps", type=whole_number(1), default=recipe.steps)
+    p.add_argument("--batch-size", type=whole_number(1), default=recipe.batch_size, help="images per step and process")
+    p.add_argument("--learning-rate", type=real_number(0.0, above_low=True), default=None,
                    help=f"AdamW learning rate (default: {BASE_LEARNING_RATE} x global batch, as the paper's --scale_lr)")
-    p.add_argument("--resolution", type=int, default=recipe.resolution)
+    p.add_argument("--resolution", type=whole_number(64, multiple_of=64), default=recipe.resolution)
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flip (the paper flips with p = 0.5)")
-    p.add_argument("--seed", type=int, default=recipe.seed)
+    p.add_argument("--seed", type=seed_number, default=recipe.seed)
     p.add_argument("--cpu", action="store_true", help="train on the CPU (slow; for tests)")
     return p.parse_args(argv)
 
@@ -62,10 +63,21 @@ def load_image_folder(folder: str) -> list[torch.Tensor]:
     for name in names:
         try:
             rgb = open_oriented(os.path.join(folder, name)).convert("RGB")  # as ComfyUI's Load Image
-        except OSError as exc:
+        except (OSError, SyntaxError) as exc:
             raise SetupError(f"'{name}' in {folder!r} cannot be read as an image ({exc}).") from None
+        if min(rgb.size) < MIN_IMAGE_SIDE:  # the nodes' rule (common.checks.check_image)
+            raise SetupError(f"'{name}' in {folder!r} is {rgb.width}x{rgb.height} pixels: there is no picture of the "
+                             f"concept in it. Use photos of at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} (512x512 or "
+                             "larger works best).")
         images.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)[None])
     return images
+
+
+def file_stem(class_word: str) -> str:
+    """The saved adapter's name from the class word: the class word is caption text (any characters),
+    the name a file name, so every character a file name cannot take becomes '_'."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", class_word.strip()).strip("._-")
+    return re.sub(r"\.{2,}", ".", stem)[:80] or "catversion_concept"
 
 
 def recipe_from_args(args: argparse.Namespace, num_processes: int):
@@ -125,7 +137,7 @@ def main(argv=None) -> int:
         start_comfyui(comfy_dir, cpu=accelerator.device.type == "cpu")
         from elite_core.comfyui.catversion_training import check_filename_prefix
 
-        name = check_filename_prefix(args.class_word or "catversion_concept")
+        name = check_filename_prefix(file_stem(args.class_word))
         recipe = recipe_from_args(args, accelerator.num_processes).checked()
         model, clip, vae = load_sd1_checkpoint(args.checkpoint)
         train(accelerator, model, clip, vae, images, recipe, args.output, name)

@@ -32,6 +32,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from elite_core.common.checks import real_number, seed_number, whole_number
+from elite_core.common.files import disk_full
 from elite_core.elite.mappers import MapperWidths
 from elite_core.elite.objectives import (
     LOSS_NORMALISATIONS,
@@ -49,7 +51,7 @@ from .data import LAYOUTS, open_dataset
 from .data.batches import micro_batch, vae_downscale
 from .data.captions import CaptionDataset
 from .data.objects import DataError
-from .elite_checkpoints import agree_on_start, find_resume, load_global_mapper, save_mapper
+from .elite_checkpoints import agree_on_start, find_resume, load_checkpoint, load_global_mapper, save_checkpoint, save_mapper
 from .elite_validation import save_validation, tensorboard_logging, tensorboard_tracker, validation_images, validation_samples
 from .stopping import StopRequest, TrainingStopped
 
@@ -68,15 +70,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--loss-normalisation", choices=LOSS_NORMALISATIONS, default="reference",
                    help="local stage: the reference's (4x a per-element mean) or a per-element mean")
     taming = p.add_argument_group("Taming-Encoder options (off by default)")
-    taming.add_argument("--identity-weight", type=float, default=0.0,
+    taming.add_argument("--identity-weight", type=real_number(0.0), default=0.0,
                         help="weight of the identity-preservation loss: 1 - cos of CLIP image embeddings of the "
                              "decoded denoised estimate and the reference (costs a VAE decode with gradient)")
-    taming.add_argument("--identity-max-timestep", type=int, default=400,
+    taming.add_argument("--identity-max-timestep", type=whole_number(0, 999), default=400,
                         help="the identity loss leaves out samples noisier than this timestep")
     taming.add_argument("--plain-data", default=None,
                         help="global stage: a folder of captioned photos (images/, captions/) without the concept, "
                              "mixed into every micro-batch (regularised joint training)")
-    taming.add_argument("--plain-weight", type=float, default=1.0, help="weight of the plain caption batches' loss")
+    taming.add_argument("--plain-weight", type=real_number(0.0), default=1.0, help="weight of the plain caption batches' loss")
     p.add_argument("--pretrained", required=True,
                    help="an SD1.x diffusers folder (unet/, vae/, text_encoder/, tokenizer/) or a single-file "
                         ".safetensors checkpoint as ComfyUI's models/checkpoints/ holds them")
@@ -90,21 +92,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-layout", choices=LAYOUTS, default="auto")
     p.add_argument("--split", default="test", help="Open Images split (the reference trains on test)")
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--steps", type=int, default=200_000, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=None, help="per process and micro-step (reference: 4 global, 2 local)")
-    p.add_argument("--gradient-accumulation", type=int, default=4)
-    p.add_argument("--learning-rate", type=float, default=None,
+    p.add_argument("--steps", type=whole_number(1), default=200_000, help="optimizer steps")
+    p.add_argument("--batch-size", type=whole_number(1), default=None,
+                   help="per process and micro-step (reference: 4 global, 2 local)")
+    p.add_argument("--gradient-accumulation", type=whole_number(1), default=4)
+    p.add_argument("--learning-rate", type=real_number(0.0, above_low=True), default=None,
                    help="default: 1e-6 (global) or 1e-5 (local) x batch x accumulation x processes")
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints and mapper files")
-    p.add_argument("--validation-images", type=int, default=4,
+    p.add_argument("--max-grad-norm", type=real_number(0.0, above_low=True), default=1.0)
+    p.add_argument("--resolution", type=whole_number(64, multiple_of=64), default=512)
+    p.add_argument("--checkpoint-every", type=whole_number(0), default=200,
+                   help="steps between checkpoints and mapper files (0: only when the run stops or ends)")
+    p.add_argument("--validation-images", type=whole_number(0), default=4,
                    help="objects sampled at every checkpoint (LMS, CFG 5, 'a photo of a S'); 0 = none")
-    p.add_argument("--validation-steps", type=int, default=100, help="LMS steps of the validation images")
+    p.add_argument("--validation-steps", type=whole_number(1), default=100, help="LMS steps of the validation images")
     p.add_argument("--export-pt", action="store_true",
                    help="also write each mapper in the official .pt layout (mapper_<step>.pt / local_mapper.pt ...)")
     p.add_argument("--resume", default=None, help="a checkpoint-<step> folder of --output-dir, or 'latest'")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_number, default=0)
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute the UNet's activations in the backward pass: less memory, about 30%% more time")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
@@ -149,16 +153,13 @@ def train(accelerator, models, dataset, config) -> str:
     resume, start = find_resume(config)
     agree_on_start(accelerator, start)
     if resume:
-        accelerator.load_state(resume)
+        load_checkpoint(accelerator, resume, config.stage)
         log.info("resumed from %s at step %d", resume, start)
     dtype = next(unet.parameters()).dtype
 
     def checkpoint(step: int) -> None:
-        folder = os.path.join(config.output_dir, f"checkpoint-{step}")
-        accelerator.save_state(folder)
+        save_checkpoint(accelerator, os.path.join(config.output_dir, f"checkpoint-{step}"), step, config.stage)
         if accelerator.is_main_process:
-            with open(os.path.join(folder, "elite_step.json"), "w") as f:
-                json.dump({"step": step}, f)
             save_mapper(accelerator, stage, os.path.join(config.output_dir, f"mapper_{step:06d}.safetensors"), step, config)
         accelerator.wait_for_everyone()
 
@@ -254,6 +255,12 @@ def main(argv=None) -> int:
         path = train(accelerator, models, dataset, config)
     except DataError as exc:
         log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        full = disk_full(exc, config.output_dir)
+        if full is None:
+            raise
+        log.error("%s The last complete checkpoint stays: continue with --resume latest.", full)
         return 2
     except TrainingStopped:
         return 130

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 
 import torch
 
@@ -51,6 +53,47 @@ def load_global_mapper(path: str, widths: MapperWidths) -> GlobalMapper:
     return build_mapper(GlobalMapper, state, widths).float()
 
 
+STEP_FILE = "elite_step.json"  # written last: a checkpoint folder without it is unfinished
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def save_checkpoint(accelerator, folder: str, step: int, stage: str) -> None:
+    """The run's state in ``folder``, written under ``<folder>.partial`` and renamed when complete: a
+    full disk or a kill leaves no folder that looks like a checkpoint (the partial one is removed)."""
+    partial = folder + ".partial"
+    try:
+        accelerator.save_state(partial)
+        if accelerator.is_main_process:
+            with open(os.path.join(partial, STEP_FILE), "w") as f:
+                json.dump({"step": step, "stage": stage}, f)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if os.path.isdir(folder):
+                shutil.rmtree(folder)
+            os.replace(partial, folder)
+    finally:
+        if accelerator.is_main_process and os.path.isdir(partial):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def load_checkpoint(accelerator, folder: str, stage: str) -> None:
+    """Resume from ``folder``: refused by name when it is the other stage's (or another model's)."""
+    with open(os.path.join(folder, STEP_FILE)) as f:
+        saved = json.load(f).get("stage")
+    if saved is not None and saved != stage:
+        raise DataError(f"--resume: {folder!r} is a checkpoint of the {saved} stage, and this run trains the {stage} "
+                        f"stage. Resume a {stage}-stage checkpoint, or start the {stage} stage without --resume"
+                        + (" (from --global-mapper, the global stage's mapper file)." if stage == "local" else "."))
+    try:
+        accelerator.load_state(folder)
+    except RuntimeError as exc:
+        if "state_dict" not in str(exc):
+            raise
+        raise DataError(f"--resume: {folder!r} does not fit this run: its weights are not the {stage} stage's for "
+                        "these base models (another stage's checkpoint, or a run on other --pretrained/--image-encoder "
+                        "models). Resume a checkpoint of this same training.") from None
+
+
 def find_resume(config) -> tuple[str | None, int]:
     """The checkpoint folder to resume from (None: start afresh) and its step."""
     if not config.resume:
@@ -58,15 +101,15 @@ def find_resume(config) -> tuple[str | None, int]:
     if config.resume == "latest":
         out = config.output_dir
         # a checkpoint is complete once its elite_step.json is written
-        found = [d for d in os.listdir(out) if d.startswith("checkpoint-")
-                 and os.path.isfile(os.path.join(out, d, "elite_step.json"))] if os.path.isdir(out) else []
+        found = [d for d in os.listdir(out) if CHECKPOINT_NAME.match(d)
+                 and os.path.isfile(os.path.join(out, d, STEP_FILE))] if os.path.isdir(out) else []
         if not found:
             return None, 0
         folder = os.path.join(out, max(found, key=lambda d: int(d.split("-")[1])))
     else:
         folder = config.resume
     try:
-        with open(os.path.join(folder, "elite_step.json")) as f:
+        with open(os.path.join(folder, STEP_FILE)) as f:
             return folder, int(json.load(f)["step"])
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"--resume {config.resume!r}: {folder!r} is not a finished checkpoint (its elite_step.json "

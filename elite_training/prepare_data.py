@@ -13,6 +13,9 @@ import logging
 import os
 import sys
 
+from elite_core.common.checks import whole_number
+from elite_core.common.files import disk_full
+
 from .data import open_dataset
 from .data.objects import STAGES, DataError
 from .data.open_images import write_bbox_dict
@@ -34,7 +37,7 @@ def main(argv=None) -> int:
     shards.add_argument("--stage", choices=STAGES, required=True)
     shards.add_argument("--layout", choices=("auto", "folder", "openimages"), default="auto")
     shards.add_argument("--split", default="test")
-    shards.add_argument("--samples-per-shard", type=int, default=1000)
+    shards.add_argument("--samples-per-shard", type=whole_number(1), default=1000)
     args = p.parse_args(argv)
     try:
         if args.command == "bboxes":
@@ -46,6 +49,12 @@ def main(argv=None) -> int:
             write_shards(dataset, args.out, args.samples_per_shard)
     except DataError as exc:
         log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        full = disk_full(exc, args.root if args.command == "bboxes" else args.out)
+        if full is None:
+            raise
+        log.error("%s", full)
         return 2
     return 0
 

@@ -31,6 +31,7 @@ from comfyui_elite.elite_core.catversion.training import (
 from comfyui_elite.elite_core.comfyui import catversion_training as training
 from comfyui_elite.elite_core.common.checks import ELITEInputError
 from comfyui_elite.nodes.nodes_catversion import CatVersionApply, CatVersionLoader, CatVersionTrain
+from elite_test_pack.hostile_files import png_header_only
 from elite_test_pack.reference_catversion import official_flat_to_layers, reference_text_encoder
 from elite_test_pack.tiny_models import build_tiny_clip, build_tiny_sd15_model, build_tiny_vae
 
@@ -405,3 +406,48 @@ def test_command_line_refuses_bad_setups_with_a_message(tmp_path):
     done = run_cli("--checkpoint", "missing.safetensors", "--images", str(empty), "--cpu", "--comfyui", str(COMFY_DIR),
                    tmp_path=tmp_path)
     assert done.returncode == 2 and "Checkpoint 'missing.safetensors' was not found" in done.stderr, done.stderr[-2000:]
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_command_line_refuses_tiny_photos_bombs_and_files_that_are_no_checkpoint(tmp_path):
+    """Each case ends with one message naming the culprit, exit 2, no traceback; the payload never runs."""
+    tiny, bomb, good = tmp_path / "tiny", tmp_path / "bomb", tmp_path / "good"
+    for folder in (tiny, bomb, good):
+        folder.mkdir()
+        Image.new("RGB", (32, 32)).save(folder / "a.png")
+    Image.new("RGB", (1, 1)).save(tiny / "b.png")
+    (bomb / "b.png").write_bytes(png_header_only(30000, 30000))
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a model\n")
+    marker = tmp_path / "ran"
+    malicious = tmp_path / "model.ckpt"
+    torch.save({"state_dict": _Payload(marker)}, malicious)
+    cases = [
+        (tiny, "missing.safetensors", "'b.png' in", "is 1x1 pixels"),
+        (bomb, "missing.safetensors", "'b.png' in", "decompression bomb"),
+        (good, str(text), "notes.ckpt' cannot be read as an SD1.x checkpoint", "not a model file"),
+        (good, str(malicious), "'model.ckpt' was refused", "posix.system"),
+    ]
+    for images, checkpoint, *messages in cases:
+        done = run_cli("--checkpoint", checkpoint, "--images", str(images), "--cpu", "--comfyui", str(COMFY_DIR),
+                       tmp_path=tmp_path)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert all(m in done.stderr for m in messages) and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert not marker.exists()
+
+
+def test_the_class_word_is_caption_text_and_only_the_file_name_is_made_safe():
+    from comfyui_elite.elite_core.comfyui.catversion_training import check_filename_prefix
+    from elite_training.catversion import file_stem
+
+    assert file_stem("teddy bear's") == "teddy_bear_s"
+    assert file_stem("") == file_stem("  ") == "catversion_concept"
+    for word in ("teddy bear's", "../../etc", "a/b\\c", "..", "Plüsch-Bär", "x" * 300, "my..concept", "-dash"):
+        check_filename_prefix(file_stem(word))  # every class word gives a usable file name

@@ -141,3 +141,71 @@ def test_layout_errors_say_what_to_do(layouts, tmp_path):
     with pytest.raises(DataError, match="images/"):
         open_dataset(str(tmp_path), "global")
     assert prepare(["shards", str(layouts["folder"]), str(layouts["folder"]), "--stage", "global"]) == 2
+
+
+def test_decompression_bombs_and_one_pixel_photos_are_skipped_and_counted_in_every_layout(layouts, tmp_path, caplog):
+    """A photo that declares 30000x30000 pixels, or has a single pixel, is left out with a warning
+    naming it, in the folder, Open Images and shard layouts; the run goes on with the rest."""
+    from elite_test_pack.hostile_files import png_header_only
+
+    folder = tmp_path / "folder"
+    shutil.copytree(layouts["folder"], folder)
+    (folder / "images" / "bomb.png").write_bytes(png_header_only(30000, 30000))
+    Image.new("RGB", (1, 1)).save(folder / "images" / "dot.png")
+    with caplog.at_level("WARNING"):
+        dataset = open_dataset(str(folder), "global", resolution=64)
+    assert len(dataset) == len(OBJECTS) and dataset.skipped == 2
+    assert "decompression bomb" in caplog.text and "1x1 pixels" in caplog.text and "2 record(s) skipped" in caplog.text
+
+    oi = tmp_path / "openimages"
+    shutil.copytree(layouts["openimages"], oi)
+    (oi / "images" / "test" / "a1.jpg").write_bytes(png_header_only(30000, 30000))
+    dataset = open_dataset(str(oi), "global", resolution=64)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        dataset.sample(0, sample_generator(1, 0, 0))
+    assert dataset.bad >= 1 and "decompression bomb" in caplog.text
+
+    shards = tmp_path / "shards"
+    shutil.copytree(layouts["shards-global-from-folder"], shards)
+    with tarfile.open(shards / "shard-000000.tar") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shards / "shard-000000.tar", "w") as tar:
+        for member, data in members:
+            if member.name.startswith("000000000") and member.name.endswith((".jpg", ".png")):
+                data = png_header_only(30000, 30000)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    dataset = open_dataset(str(shards), "global", resolution=64)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        dataset.sample(0, sample_generator(1, 0, 0))
+    assert dataset.bad == 1 and "decompression bomb" in caplog.text
+
+
+def test_a_full_disk_leaves_no_shards_and_says_so(layouts, tmp_path, monkeypatch, caplog):
+    import errno
+
+    from elite_training.data import shards as shard_module
+
+    real_add, calls = shard_module._add, []
+
+    def add_until_full(tar, name, data):
+        calls.append(name)
+        if len(calls) > 4:  # the second shard's first sample: one shard complete, one half-written
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_add(tar, name, data)
+
+    monkeypatch.setattr(shard_module, "_add", add_until_full)
+    out = tmp_path / "out"
+    with caplog.at_level("ERROR"):
+        code = prepare(["shards", str(layouts["folder"]), str(out), "--stage", "global", "--samples-per-shard", "2"])
+    assert code == 2
+    assert "is full" in caplog.text and str(out) in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == []  # neither the finished shard nor the partial one stays
+
+
+def test_shards_never_overwrite_a_shard_set(layouts):
+    out = layouts["shards-global-from-folder"]
+    assert prepare(["shards", str(layouts["folder"]), str(out), "--stage", "global"]) == 2
+    assert json.loads((out / "shards.json").read_text())["stage"] == "global"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..common import files
+
 PACK_DIR = Path(__file__).resolve().parents[2]
 
 
@@ -60,10 +62,23 @@ def load_sd1_checkpoint(name_or_path: str):
         folders = ", ".join(folder_paths.get_folder_paths("checkpoints"))
         raise SetupError(f"Checkpoint '{name_or_path}' was not found (as a path, or by name in {folders}). "
                          "Pass the SD1.x .safetensors/.ckpt file, e.g. --checkpoint v1-5-pruned-emaonly.safetensors.")
-    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)
+    try:
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)
+    except Exception as exc:  # nothing ran yet: whatever the file is, one message instead of a traceback
+        raise SetupError(_unreadable_checkpoint(path, exc)) from None
     if model is None or clip is None or vae is None:
         raise SetupError(f"'{path}' does not hold a whole SD1.x checkpoint (MODEL, CLIP and VAE).")
     return model, clip, vae
+
+
+def _unreadable_checkpoint(path: str, exc: Exception) -> str:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if path.lower().endswith(".safetensors") or not head.startswith((b"PK", b"\x80")):
+        return (f"'{path}' cannot be read as an SD1.x checkpoint ({type(exc).__name__}): it is damaged or not a "
+                "model file. Pass the SD1.x checkpoint itself, e.g. --checkpoint v1-5-pruned-emaonly-fp16.safetensors "
+                "(a name in ComfyUI's models/checkpoints, or a path).")
+    return files.describe_pickle_error(path, exc, "SD1.x checkpoints", "models/checkpoints")
 
 
 def name_in_folder(folder: str, value: str) -> str:

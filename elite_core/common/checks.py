@@ -5,6 +5,7 @@ expected. Shared by every method's nodes and command lines; pure Python and torc
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import torch
@@ -71,3 +72,51 @@ def check_mask(mask, what: str = "object MASK") -> None:
             f"The {what} contains {bad} non-finite values (NaN or inf); mask values must be from 0 to 1. "
             "Check the node that made it."
         )
+
+
+# --------------------------------------------------------------------------- command-line options
+
+MAX_SEED = 2**63 - 1  # what the nodes' seed widgets accept
+
+
+def whole_number(low: int, high: int | None = None, multiple_of: int = 1):
+    """An ``argparse`` type: a whole number from ``low`` (to ``high``), a multiple of ``multiple_of``.
+    A bad value ends the command with ``argument --x: <why>`` before anything loads."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high) or value % multiple_of:
+            wanted = f"a whole number of at least {low}" if high is None else f"a whole number from {low} to {high}"
+            if multiple_of > 1:
+                wanted += f", a multiple of {multiple_of}"
+            raise argparse.ArgumentTypeError(f"{value} is not usable: give {wanted}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def real_number(low: float, high: float | None = None, above_low: bool = False):
+    """An ``argparse`` type: a finite number from ``low`` (or above it, with ``above_low``) to ``high``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        too_low = value <= low if above_low else value < low
+        if not math.isfinite(value) or too_low or (high is not None and value > high):
+            wanted = f"above {low}" if above_low else f"at least {low}"
+            if high is not None:
+                wanted += f" and at most {high}"
+            raise argparse.ArgumentTypeError(f"{text} is not usable: give a finite number {wanted}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+seed_number = whole_number(0, MAX_SEED)

@@ -8,6 +8,8 @@ messages point the user to.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -144,13 +146,40 @@ def write_atomically(path: str, write) -> None:
             os.remove(partial)
 
 
+def disk_full(exc: BaseException, where: str) -> str | None:
+    """The message for a write that failed because the disk (or the user's quota) is full, else None."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"The disk holding {where} is full ({os.strerror(exc.errno)}): nothing half-written was kept. "
+                "Free some space (or choose a folder on another disk) and run the command again.")
+    return None
+
+
 # --------------------------------------------------------------------------- image files
+
+
+class ImageTooLargeError(OSError):
+    """An image file that declares more pixels than PIL opens safely (a decompression bomb, or a
+    damaged header). An ``OSError``, so every reader that skips unreadable images skips it too."""
+
+
+@contextlib.contextmanager
+def open_image(path_or_file):
+    """``PIL.Image.open`` that refuses a decompression bomb with :class:`ImageTooLargeError` (it
+    names the file and the declared size) instead of PIL's own exception."""
+    try:
+        img = Image.open(path_or_file)
+    except Image.DecompressionBombError as exc:
+        where = path_or_file if isinstance(path_or_file, (str, os.PathLike)) else "an image"
+        raise ImageTooLargeError(f"{where} declares more pixels than is safe to open ({exc}); it is a decompression "
+                                 "bomb or a damaged file. Use a photo of at most a few thousand pixels a side.") from None
+    with img:
+        yield img
 
 
 def open_oriented(path: str) -> Image.Image:
     """An image file as PIL, turned upright by its EXIF orientation (as ComfyUI's Load Image does):
     a phone photo is seen the same way by the nodes, the trainers and the evaluation."""
-    with Image.open(path) as img:
+    with open_image(path) as img:
         return ImageOps.exif_transpose(img)
 
 

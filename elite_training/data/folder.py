@@ -20,9 +20,9 @@ import logging
 import os
 
 import torch
-from PIL import Image
 
-from elite_core.common.files import IMAGE_EXTENSIONS, open_oriented
+from elite_core.common.checks import MIN_IMAGE_SIDE
+from elite_core.common.files import IMAGE_EXTENSIONS, open_image, open_oriented
 
 from .objects import STAGES, DataError, ObjectImage, even_object_box, fits_local_stage, mask_crop_box, read_mask
 from .samples import PLACEHOLDER, GlobalSample, LocalSample, global_sample, local_sample, reference_placeholder_index
@@ -62,7 +62,7 @@ class ObjectDataset:
         for attempt in range(len(self.records)):
             position = (index + attempt) % len(self.records)
             try:
-                return position, self.load(self.records[position])
+                return position, usable(self.load(self.records[position]))
             except (OSError, ValueError, SyntaxError, KeyError) as exc:
                 self.bad += 1
                 log.warning("skipping %s (%d bad so far): %s", self.describe(self.records[position]), self.bad, exc)
@@ -80,6 +80,18 @@ class ObjectDataset:
             log.warning("%d record(s) skipped in %s", self.skipped, where)
         if not self.records:
             raise DataError(f"No usable {self.stage}-stage sample in {where}: {expected}")
+
+
+def too_small(size: tuple[int, int]) -> str:
+    return (f"the photo is {size[0]}x{size[1]} pixels, under the {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} every node and "
+            "trainer of the pack needs: there is no picture of an object in it")
+
+
+def usable(obj: ObjectImage) -> ObjectImage:
+    """``obj`` when its photo has pixels enough to be a picture (the nodes' rule)."""
+    if min(obj.image.size) < MIN_IMAGE_SIDE:
+        raise DataError(too_small(obj.image.size))
+    return obj
 
 
 def read_caption(path: str) -> str | None:
@@ -123,7 +135,9 @@ class FolderDataset(ObjectDataset):
         mask_path = mask_path if os.path.isfile(mask_path) else None
         try:
             caption = read_caption(os.path.join(root, "captions", stem + ".txt"))
-            with Image.open(image_path) as img:
+            with open_image(image_path) as img:
+                if min(img.size) < MIN_IMAGE_SIDE:
+                    raise DataError(too_small(img.size))
                 img.verify()
             if self.stage == "global":
                 return image_path, mask_path, caption, None

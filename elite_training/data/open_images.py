@@ -23,9 +23,7 @@ import json
 import logging
 import os
 
-from PIL import Image
-
-from elite_core.common.files import write_atomically
+from elite_core.common.files import open_image, write_atomically
 
 from .folder import ObjectDataset
 from .objects import DataError, ObjectImage, even_object_box, fits_local_stage, read_mask
@@ -57,7 +55,7 @@ def write_bbox_dict(root: str, split: str = "test") -> tuple[int, int]:
     boxes, left_out = {}, 0
     for name in sorted(os.listdir(seg_dir)):
         try:
-            with Image.open(os.path.join(image_dir, _image_of_mask(name))) as img:
+            with open_image(os.path.join(image_dir, _image_of_mask(name))) as img:
                 size = img.size
             box = even_object_box(read_mask(os.path.join(seg_dir, name), size, threshold=0))
         except (OSError, SyntaxError) as exc:
@@ -136,11 +134,11 @@ class OpenImagesDataset(ObjectDataset):
     def load(self, record) -> ObjectImage:
         if self.stage == "global":
             _, x0, x1, y0, y1 = record
-            with Image.open(self.photo_path(record)) as img:
+            with open_image(self.photo_path(record)) as img:
                 image = img.convert("RGB")
             return ObjectImage(image, None, reference_crop(image.size, x0, x1, y0, y1), None)
         name, *box = record
-        with Image.open(self.photo_path(record)) as img:
+        with open_image(self.photo_path(record)) as img:
             image = img.convert("RGB")
         mask = read_mask(os.path.join(self.root, "segs", self.split, name), image.size, threshold=0)
         return ObjectImage(image, mask, None, tuple(box))

@@ -24,7 +24,7 @@ import tarfile
 import numpy as np
 from PIL import Image
 
-from elite_core.common.files import write_atomically
+from elite_core.common.files import open_image, write_atomically
 
 from .folder import ObjectDataset
 from .objects import DataError, ObjectImage
@@ -33,6 +33,7 @@ log = logging.getLogger("elite.train.data")
 
 MANIFEST = "shards.json"
 FORMAT = "elite-webdataset"
+PARTIAL = ".partial"  # a shard being written
 
 
 def is_shard_set(root: str) -> bool:
@@ -43,7 +44,7 @@ def _image_bytes(path: str | None, obj: ObjectImage) -> tuple[bytes, str]:
     """The photo as stored: the source file's bytes when decoding them gives ``obj.image`` as loaded
     (no EXIF rotation, already RGB), else a lossless PNG of it."""
     if path is not None:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             plain = img.mode == "RGB" and img.getexif().get(0x0112, 1) == 1 and img.format in ("JPEG", "PNG")
             ext = "jpg" if img.format == "JPEG" else "png"
         if plain:
@@ -66,10 +67,20 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def _finish(tar: tarfile.TarFile, out_dir: str, name: str) -> None:
+    """Close a shard written under its temporary name and give it its own."""
+    tar.close()
+    os.replace(os.path.join(out_dir, name + PARTIAL), os.path.join(out_dir, name))
+
+
 def write_shards(dataset: ObjectDataset, out_dir: str, samples_per_shard: int = 1000) -> dict:
     """Every readable record of ``dataset`` into tar shards in ``out_dir``. Returns the manifest."""
+    if os.path.exists(os.path.join(out_dir, MANIFEST)):
+        raise DataError(f"{out_dir} already holds a shard set ({MANIFEST}): write the new shards to an empty folder, "
+                        "or delete the old set first.")
     os.makedirs(out_dir, exist_ok=True)
     shards, tar, count, bad = [], None, 0, 0
+    done = False
     try:
         for position, record in enumerate(dataset.records):
             try:
@@ -81,9 +92,9 @@ def write_shards(dataset: ObjectDataset, out_dir: str, samples_per_shard: int = 
                 continue
             if tar is None or count == samples_per_shard:
                 if tar is not None:
-                    tar.close()
+                    _finish(tar, out_dir, shards[-1]["name"])
                 shards.append({"name": f"shard-{len(shards):06d}.tar", "samples": 0})
-                tar, count = tarfile.open(os.path.join(out_dir, shards[-1]["name"]), "w"), 0
+                tar, count = tarfile.open(os.path.join(out_dir, shards[-1]["name"] + PARTIAL), "w"), 0
             key = f"{position:09d}"
             meta = {"crop": obj.crop, "object_box": obj.object_box, "caption": obj.caption,
                     "source": dataset.describe(record)}
@@ -93,16 +104,25 @@ def write_shards(dataset: ObjectDataset, out_dir: str, samples_per_shard: int = 
             _add(tar, f"{key}.json", json.dumps(meta).encode())
             count += 1
             shards[-1]["samples"] = count
-    finally:
         if tar is not None:
-            tar.close()
-    manifest = {"format": FORMAT, "stage": dataset.stage, "shards": shards, "left_out": bad + dataset.skipped}
+            _finish(tar, out_dir, shards[-1]["name"])
+            tar = None
+        manifest = {"format": FORMAT, "stage": dataset.stage, "shards": shards, "left_out": bad + dataset.skipped}
 
-    def write(partial: str) -> None:
-        with open(partial, "w") as f:
-            json.dump(manifest, f, indent=1)
+        def write(partial: str) -> None:
+            with open(partial, "w") as f:
+                json.dump(manifest, f, indent=1)
 
-    write_atomically(os.path.join(out_dir, MANIFEST), write)
+        write_atomically(os.path.join(out_dir, MANIFEST), write)
+        done = True
+    finally:
+        if not done:  # shards without their manifest are no data set: remove what this run wrote
+            if tar is not None:
+                tar.close()
+            for shard in shards:
+                for name in (shard["name"], shard["name"] + PARTIAL):
+                    if os.path.exists(os.path.join(out_dir, name)):
+                        os.remove(os.path.join(out_dir, name))
     log.info("%d samples in %d shards in %s (%d left out)", sum(s["samples"] for s in shards), len(shards), out_dir,
              manifest["left_out"])
     return manifest
@@ -147,11 +167,11 @@ class ShardDataset(ObjectDataset):
         read = lambda ext: tar.extractfile(files[ext]).read()  # noqa: E731
         meta = json.loads(read("json"))
         photo = next(ext for ext in ("jpg", "png") if ext in files)
-        with Image.open(io.BytesIO(read(photo))) as img:
+        with open_image(io.BytesIO(read(photo))) as img:
             image = img.convert("RGB")
         mask = None
         if "mask.png" in files:
-            with Image.open(io.BytesIO(read("mask.png"))) as m:
+            with open_image(io.BytesIO(read("mask.png"))) as m:
                 mask = np.asarray(m.convert("L")) > 127
         box = lambda key: tuple(meta[key]) if meta.get(key) else None  # noqa: E731
         return ObjectImage(image, mask, box("crop"), box("object_box"), meta.get("caption"))
