@@ -91,6 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a folder (images/, masks/, captions/), an Open Images V6 root or a shard set (shards.json)")
     p.add_argument("--data-layout", choices=LAYOUTS, default="auto")
     p.add_argument("--split", default="test", help="Open Images split (the reference trains on test)")
+    p.add_argument("--clamp-object-resize", action="store_true",
+                   help="local stage: clamp the masked object's cubic resize to 0-255 instead of the reference's "
+                        "uint8 wrap-around (which turns the overshoot at its edges into bright or dark specks)")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--steps", type=whole_number(1), default=200_000, help="optimizer steps")
     p.add_argument("--batch-size", type=whole_number(1), default=None,
@@ -251,7 +254,7 @@ def main(argv=None) -> int:
         if config.gradient_checkpointing:
             models[0].enable_gradient_checkpointing()
         dataset = open_dataset(config.data, config.stage, config.resolution, vae_downscale(models[1]),
-                               config.data_layout, config.split)
+                               config.data_layout, config.split, config.clamp_object_resize)
         path = train(accelerator, models, dataset, config)
     except DataError as exc:
         log.error("%s", exc)

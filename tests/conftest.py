@@ -81,8 +81,9 @@ save_mapper_safetensors(_GLOBAL_STATE, str(ELITE_MODELS / TINY_GLOBAL_MAPPER), k
 torch.save(_GLOBAL_STATE, str(ELITE_MODELS / TINY_GLOBAL_MAPPER_PT))
 _LOCAL_STATE = tiny_models.tiny_mapper_state_dict(seed=11)
 save_mapper_safetensors(_LOCAL_STATE, str(ELITE_MODELS / TINY_LOCAL_MAPPER), kind="local")
-# The authors' CatVersion adapters (../shared, CI has it): as a user would place them in models/catversion.
-SHARED_DIR = REPO.parent / "shared"
+# The authors' CatVersion adapters (../shared, CI has it; $ELITE_SHARED as for scripts/bootstrap.sh): as a
+# user would place them in models/catversion.
+SHARED_DIR = Path(os.environ.get("ELITE_SHARED", REPO.parent / "shared"))
 CATVERSION_DATA = SHARED_DIR / "data" / "catversion"
 CATVERSION_MODELS = BASE_DIR / "models" / "catversion"
 CATVERSION_CONCEPTS = ("teddybear", "colorful_teapot")

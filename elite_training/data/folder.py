@@ -36,6 +36,7 @@ class ObjectDataset:
     records that failed to load since."""
 
     layout = "records"
+    clamp_object_resize = False  # local stage: clamp the masked object's cubic resize instead of wrapping (open_dataset)
 
     def __init__(self, stage: str = "global", resolution: int = 512, latent_down: int = 8):
         if stage not in STAGES:
@@ -73,7 +74,7 @@ class ObjectDataset:
         _, obj = self.load_at(index)
         if self.stage == "global":
             return global_sample(obj, gen, self.resolution)
-        return local_sample(obj, gen, self.resolution, self.latent_down)
+        return local_sample(obj, gen, self.resolution, self.latent_down, self.clamp_object_resize)
 
     def _finish_opening(self, where: str, expected: str) -> None:
         if self.skipped:

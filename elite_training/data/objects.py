@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -22,10 +23,13 @@ class DataError(ValueError):
 
 
 def read_mask(path: str, size: tuple[int, int], threshold: int = 127) -> np.ndarray:
-    """The object mask at ``path`` as booleans (channel 0 above ``threshold`` = object), resized
-    (nearest) to ``size``."""
-    mask = open_oriented(path).convert("RGB").getchannel(0)
-    return np.asarray(mask.resize(size, Image.NEAREST)) > threshold
+    """The object mask at ``path`` as booleans (channel 0 above ``threshold`` = object), resized to
+    ``size`` (width, height) with OpenCV's nearest neighbour, as the reference's ``__getitem__`` and
+    ``cal_bbox_by_seg`` do (it samples source pixel floor(x * scale), not PIL's pixel centres)."""
+    mask = np.asarray(open_oriented(path).convert("RGB").getchannel(0))
+    if (mask.shape[1], mask.shape[0]) != tuple(size):
+        mask = cv2.resize(mask, tuple(size), interpolation=cv2.INTER_NEAREST)
+    return mask > threshold
 
 
 def mask_crop_box(mask: np.ndarray | None, width: int, height: int) -> tuple[int, int, int, int]:

@@ -1,34 +1,45 @@
-"""Training samples for ELITE's two stages (docs/reference/elite.md §9.1): what a loaded record
-(:class:`~.objects.ObjectImage`) becomes in the tensors a stage trains on.
+"""Training samples for ELITE's two stages, transform for transform as the authors' ``datasets.py``
+makes them (docs/reference/data-pipeline.md): what a loaded record (:class:`~.objects.ObjectImage`)
+becomes in the tensors a stage trains on.
 
 Global stage, one sample per object (the reference's ``OpenImagesDataset``): the object's box padded
-by 10 px on each side within the image is cropped, squashed to 512 x 512 (bicubic, no aspect kept)
-for the UNet target, and to 224 x 224 with the reference's augmentations (horizontal flip p 0.5,
-rotation within +-20 degrees p 0.5, box blur 3-7 px p 0.3, elastic p 0.3 without albumentations'
-extra affine part; with torchvision's transforms) for CLIP. The caption is one of Textual Inversion's
-27 templates with "S", its first letter replaced by "a" (the reference's quirk: "the photo of a S"
-becomes "ahe photo of a S").
+by 10 px on each side within the image is cropped; OpenCV's cubic resize to ``resolution``² (no aspect
+kept) gives the UNet target, the CLIP augmentation of :mod:`.augmentations` the CLIP input. The
+caption is one of Textual Inversion's 27 templates with "S", its first letter replaced by "a" (the
+reference's quirk: "the photo of a S" becomes "ahe photo of a S").
 
 Local stage (``OpenImagesDatasetWithMask``): objects whose even mask box (``cal_bbox_by_seg``) is at
 least 100 px each way with an aspect ratio in [0.5, 2]; see :func:`local_sample`.
 
 Every random choice of sample ``i`` at step ``s`` comes from a generator seeded with (seed, s, i):
-any process, any number of processes and a resumed run see the same samples.
+any process, any number of processes and a resumed run see the same samples. The draws of one sample
+are a plain dataclass (:class:`GlobalDraws`, :class:`LocalDraws`), so a test can give the authors'
+code path the very same ones.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from elite_core.common.images import clip_normalise
 
+from .augmentations import (
+    CLIP_SIDE,
+    ClipDraws,
+    JointDraws,
+    chance,
+    clip_augment,
+    draw_clip,
+    draw_joint,
+    joint_augment,
+    object_levels,
+    randint,
+)
 from .objects import ObjectImage, mask_crop_box
 
 PLACEHOLDER = "S"
@@ -64,39 +75,25 @@ def sample_generator(seed: int, step: int, position: int) -> torch.Generator:
 
 # --------------------------------------------------------------------------- global stage
 
-def _box_blur(image: torch.Tensor, kernel: int) -> torch.Tensor:
-    padded = F.pad(image[None], (kernel // 2,) * 4, mode="reflect")
-    return F.avg_pool2d(padded, kernel, stride=1)[0]
+def clip_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> CLIP-normalised (3, H, W) float32, as torchvision's ToTensor + Normalize."""
+    return clip_normalise(torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255))[0]
 
 
-def clip_view(crop: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """(3, H, W) in [0, 1] -> CLIP-normalised (3, 224, 224) with the reference's augmentations."""
-    image = TF.resize(crop, [224, 224], interpolation=InterpolationMode.BICUBIC, antialias=True).clamp(0, 1)
-    u = torch.rand(6, generator=gen).tolist()
-    if u[0] < 0.5:
-        image = TF.horizontal_flip(image)
-    if u[1] < 0.5:
-        image = TF.rotate(image, angle=-20.0 + 40.0 * u[2], interpolation=InterpolationMode.BILINEAR)
-    if u[3] < 0.3:
-        image = _box_blur(image, int(torch.randint(1, 4, (1,), generator=gen)) * 2 + 1)  # 3, 5 or 7
-    if u[4] < 0.3:  # albumentations 1.3's defaults: alpha 1 px, sigma 50 px (moves pixels by well under one)
-        field = torch.rand(1, 2, 224, 224, generator=gen) * 2 - 1
-        field = TF.gaussian_blur(field, [201, 201], [50.0, 50.0]).permute(0, 2, 3, 1)
-        image = TF.elastic(image, field * (2.0 / 224), interpolation=InterpolationMode.BILINEAR)
-    return clip_normalise(image[None])[0]
+def vae_pixels(image: np.ndarray, resolution: int) -> torch.Tensor:
+    """``process``: OpenCV cubic to resolution² on uint8, then /127.5 - 1 in float32 -> (3, r, r)."""
+    resized = cv2.resize(np.ascontiguousarray(image), (resolution, resolution), interpolation=cv2.INTER_CUBIC)
+    return torch.from_numpy(resized.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)
 
 
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+@dataclass(frozen=True)
+class GlobalDraws:
+    template: int  # index into TEMPLATES
+    clip: ClipDraws
 
 
-def _randint(gen: torch.Generator, low: int, high: int) -> int:
-    """An integer in [low, high]."""
-    return int(torch.randint(low, high + 1, (1,), generator=gen))
-
-
-def _template(gen: torch.Generator) -> str:
-    return TEMPLATES[int(torch.randint(len(TEMPLATES), (1,), generator=gen))]
+def draw_global(gen: torch.Generator) -> GlobalDraws:
+    return GlobalDraws(randint(gen, 0, len(TEMPLATES) - 1), draw_clip(gen))
 
 
 @dataclass
@@ -107,14 +104,62 @@ class GlobalSample:
 
 
 def global_sample(obj: ObjectImage, gen: torch.Generator, resolution: int) -> GlobalSample:
-    crop = obj.image.crop(obj.crop or mask_crop_box(obj.mask, *obj.image.size))
-    target = crop.resize((resolution, resolution), Image.BICUBIC)
-    pixels = torch.from_numpy(np.asarray(target, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
-    template = _template(gen)
-    return GlobalSample(pixels, clip_view(_to_tensor(crop), gen), obj.caption or reference_caption(template))
+    return make_global_sample(obj, draw_global(gen), resolution)
+
+
+def make_global_sample(obj: ObjectImage, draws: GlobalDraws, resolution: int) -> GlobalSample:
+    left, top, right, bottom = obj.crop or mask_crop_box(obj.mask, *obj.image.size)
+    crop = np.asarray(obj.image)[top:bottom, left:right]
+    return GlobalSample(vae_pixels(crop, resolution), clip_tensor(clip_augment(crop, draws.clip)),
+                        obj.caption or reference_caption(TEMPLATES[draws.template]))
 
 
 # --------------------------------------------------------------------------- local stage
+
+SMALL_PREFIXES = ("a far away", "very small")
+ZOOM_PREFIXES = ("zoomed in", "close up")
+
+
+@dataclass(frozen=True)
+class ScaleDraws:
+    """Custom Diffusion's random scale (the reference's ``custom_aug``)."""
+    side: int  # the even side the crop is resized to: odd draws are rounded up
+    row: int = 0  # centre row / column of the pasted crop (small) or of the kept window (zoomed in)
+    col: int = 0
+    prefix: int = 0  # which of the branch's two caption prefixes
+
+
+def draw_scale(gen: torch.Generator, r: int) -> ScaleDraws:
+    """A side in [r // 3, r] w.p. 2/3, else in [int(1.2 r), int(1.4 r) - 1] ([170, 512] / [614, 715] at
+    512); an odd side grows by one."""
+    if chance(gen, 2 / 3):
+        side = randint(gen, r // 3, r)
+    else:
+        side = randint(gen, int(1.2 * r), int(1.4 * r) - 1)
+    side += side % 2
+    if side < 0.6 * r:
+        prefix = randint(gen, 0, 1)
+        return ScaleDraws(side, randint(gen, side // 2, r - side // 2), randint(gen, side // 2, r - side // 2), prefix)
+    if side > r:
+        prefix = randint(gen, 0, 1)
+        return ScaleDraws(side, randint(gen, r // 2, side - r // 2), randint(gen, r // 2, side - r // 2), prefix)
+    return ScaleDraws(side)
+
+
+@dataclass(frozen=True)
+class LocalDraws:
+    pad: int  # px around the object box, in [10, 19]
+    scale: ScaleDraws
+    template: int
+    joint: JointDraws
+
+
+def draw_local(gen: torch.Generator, resolution: int) -> LocalDraws:
+    """In the reference's order: the padding, the scale, the caption, the joint augmentation."""
+    pad = randint(gen, 10, 19)
+    scale = draw_scale(gen, resolution)
+    return LocalDraws(pad, scale, randint(gen, 0, len(TEMPLATES) - 1), draw_joint(gen))
+
 
 @dataclass
 class LocalSample:
@@ -126,68 +171,54 @@ class LocalSample:
     caption: str
 
 
-def local_sample(obj: ObjectImage, gen: torch.Generator, resolution: int, latent_down: int) -> LocalSample:
-    """The reference's local-stage sample: the object box padded by a random 10-19 px (clamped to the
-    image) is cropped; the target is that crop at a random scale (:func:`_scaled_target`); the masked
-    object and its mask go through the joint augmentation (:func:`_joint_augment`)."""
-    width, height = obj.image.size
+def local_sample(obj: ObjectImage, gen: torch.Generator, resolution: int, latent_down: int,
+                 clamp_object_resize: bool = False) -> LocalSample:
+    return make_local_sample(obj, draw_local(gen, resolution), resolution, latent_down, clamp_object_resize)
+
+
+def make_local_sample(obj: ObjectImage, draws: LocalDraws, resolution: int, latent_down: int,
+                      clamp_object_resize: bool = False) -> LocalSample:
+    """The reference's local-stage sample: the object box padded by the drawn 10-19 px (within the
+    image) is cropped; the target is that crop at the drawn scale (:func:`scaled_target`); the crop
+    times its mask is resized cubically in floating point and cast to 8 bits (:func:`~.augmentations.object_levels`:
+    wrapped as the reference does, or clamped), then goes with its mask through the joint augmentation."""
+    height, width = obj.mask.shape
     top, bottom, left, right = obj.object_box
-    pad = _randint(gen, 10, 19)
-    box = (max(left - pad, 0), max(top - pad, 0), min(right + pad, width), min(bottom + pad, height))
-    mask = Image.fromarray(obj.mask.astype(np.uint8) * 255)
-    crop, crop_mask = obj.image.crop(box), mask.crop(box)
-    pixels, valid, prefix = _scaled_target(crop, gen, resolution, latent_down)
-    template = _template(gen)
-    caption = obj.caption or prefix + template.format(PLACEHOLDER)[1:]
-    masked = np.asarray(crop, dtype=np.float32) * (np.asarray(crop_mask)[..., None] / 255.0)
-    obj_t, seg_t = _joint_augment(Image.fromarray(masked.astype(np.uint8)).resize((224, 224), Image.BICUBIC),
-                                  crop_mask.resize((224, 224), Image.NEAREST), gen)
-    clip_t = _to_tensor(crop.resize((224, 224), Image.BICUBIC))
-    return LocalSample(pixels, valid, clip_normalise(clip_t[None])[0], clip_normalise(obj_t[None])[0],
-                       (seg_t > 0.5).float().expand(3, -1, -1).clone(), caption)
+    rows = slice(max(top - draws.pad, 0), min(bottom + draws.pad, height))
+    cols = slice(max(left - draws.pad, 0), min(right + draws.pad, width))
+    crop, crop_mask = np.asarray(obj.image)[rows, cols], obj.mask[rows, cols]
+    pixels, valid, prefix = scaled_target(crop, draws.scale, resolution, latent_down)
+    caption = obj.caption or prefix + TEMPLATES[draws.template].format(PLACEHOLDER)[1:]
+    masked = crop * crop_mask[..., None].astype(np.float64)
+    masked = cv2.resize(masked, (CLIP_SIDE, CLIP_SIDE), interpolation=cv2.INTER_CUBIC)
+    seg = cv2.resize(crop_mask.astype(np.uint8) * 255, (CLIP_SIDE, CLIP_SIDE), interpolation=cv2.INTER_NEAREST)
+    obj_view, seg = joint_augment(object_levels(masked, clamp_object_resize), seg, draws.joint)
+    clip_view = cv2.resize(np.ascontiguousarray(crop), (CLIP_SIDE, CLIP_SIDE), interpolation=cv2.INTER_CUBIC)
+    segmentation = torch.from_numpy(seg).float().div(255)[None].expand(3, -1, -1).clone()
+    return LocalSample(pixels, valid, clip_tensor(clip_view), clip_tensor(obj_view), segmentation, caption)
 
 
-def _scaled_target(crop: Image.Image, gen: torch.Generator, r: int, down: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Custom Diffusion's random scale: s in [170, 512] w.p. 2/3, else [614, 715] (at 512 px)."""
-    u = torch.rand(2, generator=gen).tolist()
-    low, high = (170, 512) if u[0] < 2 / 3 else (614, 715)
-    size = _randint(gen, low * r // 512, high * r // 512) // 2 * 2
+def _levels(image: Image.Image) -> np.ndarray:
+    """uint8 levels -> [-1, 1] computed in float64, then float32 (``custom_aug``)."""
+    return (np.asarray(image, dtype=np.uint8) / 127.5 - 1.0).astype(np.float32)
+
+
+def scaled_target(crop: np.ndarray, draws: ScaleDraws, r: int, down: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The crop resized (PIL bicubic) to the drawn side: under 0.6 r it is pasted, centred on the drawn
+    point, on a canvas of 0.0 (mid-grey in [-1, 1]) and only the pasted square less a one-latent
+    border is valid; over r the r x r window around the drawn point is kept; else it is squashed to r."""
+    side, image = draws.side, Image.fromarray(np.ascontiguousarray(crop))
     latent = r // down
-    valid = torch.ones(1, latent, latent)
-    if size < 0.6 * r:
-        canvas = Image.new("RGB", (r, r))
-        x, y = _randint(gen, 0, r - size), _randint(gen, 0, r - size)
-        canvas.paste(crop.resize((size, size), Image.BICUBIC), (x, y))
+    if side < 0.6 * r:
+        canvas = np.zeros((r, r, 3), dtype=np.float32)
+        top, left = draws.row - side // 2, draws.col - side // 2
+        canvas[top:top + side, left:left + side] = _levels(image.resize((side, side), Image.BICUBIC))
         valid = torch.zeros(1, latent, latent)
-        valid[:, y // down + 1:(y + size) // down - 1, x // down + 1:(x + size) // down - 1] = 1.0
-        target, prefix = canvas, ("a far away" if u[1] < 0.5 else "very small")
-    elif size > r:
-        x, y = _randint(gen, 0, size - r), _randint(gen, 0, size - r)
-        target = crop.resize((size, size), Image.BICUBIC).crop((x, y, x + r, y + r))
-        prefix = "zoomed in" if u[1] < 0.5 else "close up"
-    else:
-        target, prefix = crop.resize((r, r), Image.BICUBIC), "a"
-    return _to_tensor(target) * 2.0 - 1.0, valid, prefix
-
-
-def _joint_augment(obj: Image.Image, seg: Image.Image, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each with probability 1/2: resize to 224-256 and a random 224 crop; an integer rotation in
-    [-30, 30] degrees; an integer translation in [-60, 60] px. Bicubic for the object, nearest for
-    its mask, black borders. Returns (object in [0, 1], mask in {0, 1}) tensors."""
-    u = torch.rand(3, generator=gen).tolist()
-    if u[0] < 0.5:
-        size = _randint(gen, 224, 256)
-        x, y = _randint(gen, 0, size - 224), _randint(gen, 0, size - 224)
-        obj = obj.resize((size, size), Image.BICUBIC).crop((x, y, x + 224, y + 224))
-        seg = seg.resize((size, size), Image.NEAREST).crop((x, y, x + 224, y + 224))
-    if u[1] < 0.5:
-        angle = float(_randint(gen, -30, 30))
-        obj = TF.rotate(obj, angle, interpolation=InterpolationMode.BICUBIC)
-        seg = TF.rotate(seg, angle, interpolation=InterpolationMode.NEAREST)
-    if u[2] < 0.5:
-        shift = [_randint(gen, -60, 60), _randint(gen, -60, 60)]
-        obj = TF.affine(obj, angle=0.0, translate=shift, scale=1.0, shear=[0.0], interpolation=InterpolationMode.BICUBIC)
-        seg = TF.affine(seg, angle=0.0, translate=shift, scale=1.0, shear=[0.0], interpolation=InterpolationMode.NEAREST)
-    seg_t = torch.from_numpy(np.asarray(seg, dtype=np.float32) / 255.0)[None]
-    return _to_tensor(obj), seg_t
-
+        valid[:, top // down + 1:(top + side) // down - 1, left // down + 1:(left + side) // down - 1] = 1.0
+        return torch.from_numpy(canvas).permute(2, 0, 1), valid, SMALL_PREFIXES[draws.prefix]
+    valid = torch.ones(1, latent, latent)
+    if side > r:
+        top, left = draws.row - r // 2, draws.col - r // 2
+        window = _levels(image.resize((side, side), Image.BICUBIC))[top:top + r, left:left + r]
+        return torch.from_numpy(np.ascontiguousarray(window)).permute(2, 0, 1), valid, ZOOM_PREFIXES[draws.prefix]
+    return torch.from_numpy(_levels(image.resize((r, r), Image.BICUBIC))).permute(2, 0, 1), valid, "a"
