@@ -1,7 +1,7 @@
 """Screenshots of the shipped templates in the real ComfyUI frontend (headless Chromium): README
 pictures in docs/templates/<name>.jpg and template thumbnails in example_workflows/<name>.jpg.
 With --run, the ELITE Prepare Concept template is also queued on tiny RANDOM demo weights and shot
-after its run, previews included: docs/templates/elite_prepare_from_photo_after_run.jpg.
+after its run, previews included: docs/templates/03_elite_prepare_from_photo_after_run.jpg.
 
     .cache/venv/bin/python scripts/template_screenshots.py [--run]   (after `make test` installed the tools)
 """
@@ -25,7 +25,7 @@ CACHE = Path(os.environ.get("ELITE_CACHE", REPO / ".cache"))  # where scripts/bo
 COMFY_DIR = Path(os.environ.get("ELITE_COMFYUI_DIR", CACHE / "comfyui"))
 FRONTEND_MODULES = CACHE / "frontend-check" / "node_modules"
 log = logging.getLogger("elite.screenshots")
-RUN_TEMPLATE = "elite_prepare_from_photo"
+RUN_TEMPLATE = "03_elite_prepare_from_photo"
 
 
 def _shoot(url: str, chromium: str, node: str, files: list[str], shots: Path, swaps: Path | None = None) -> dict | None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +28,13 @@ REPO = Path(__file__).resolve().parents[1]
 # The node types each example shows off.
 ELITE_NODES = {"ELITEGlobalMapperLoader", "ELITEEncoder", "ELITEConditioning", "ELITELocalAttnPatch"}
 EXAMPLE_NODES = {
-    "elite_global": ELITE_NODES, "elite_global_local": ELITE_NODES,
-    "elite_prepare_from_photo": ELITE_NODES | {"ELITEPrepareConcept", "ELITEAttentionMap", "ELITEExampleConcept"},
-    "elite_saved_concept": ELITE_NODES | {"ELITESaveConcept", "ELITELoadConcept"},
-    "elite_two_concepts": ELITE_NODES | {"MaskComposite", "InvertMask"},
-    "elite_with_lora": ELITE_NODES | {"LoraLoaderModelOnly"},
-    "catversion_teddybear": {"CatVersionLoader", "CatVersionApply"},
-    "catversion_train_then_apply": {"CatVersionTrain", "CatVersionApply"},
+    "01_elite_global": ELITE_NODES, "02_elite_global_local": ELITE_NODES,
+    "03_elite_prepare_from_photo": ELITE_NODES | {"ELITEPrepareConcept", "ELITEAttentionMap", "ELITEExampleConcept"},
+    "04_elite_saved_concept": ELITE_NODES | {"ELITESaveConcept", "ELITELoadConcept"},
+    "05_elite_with_lora": ELITE_NODES | {"LoraLoaderModelOnly"},
+    "06_elite_two_concepts": ELITE_NODES | {"MaskComposite", "InvertMask"},
+    "07_catversion_teddybear": {"CatVersionLoader", "CatVersionApply"},
+    "08_catversion_train_then_apply": {"CatVersionTrain", "CatVersionApply"},
 }
 
 
@@ -51,10 +52,24 @@ def test_example_is_ui_format_with_known_nodes(name):
                             "ELITELocalMapperLoader"):
             (model,) = node["properties"]["models"]
             assert model["name"] == node["widgets_values"][0] and model["url"].startswith("https://huggingface.co/")
-    if name.startswith("elite_"):
-        assert "Note" in types  # says what to change first
+    (note,) = [node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "Note"]
+    assert "Change first:" in note, f"{name}'s Note does not say what to change first: {note!r}"
     with Image.open(REPO / "example_workflows" / f"{name}.jpg") as thumbnail:  # the template browser's picture
         assert thumbnail.format == "JPEG" and thumbnail.width <= 640
+
+
+def test_templates_are_numbered_simplest_first():
+    """The frontends title and sort a pack's templates by file name alone (docs/development.md,
+    Templates): every template is `NN_name`, numbered from 01 without gaps, EXAMPLES lists them in that
+    order, and the one that trains comes last."""
+    shipped = sorted(path.stem for path in (REPO / "example_workflows").glob("*.json"))
+    assert shipped == EXAMPLES
+    assert [name[:3] for name in EXAMPLES] == [f"{i:02d}_" for i in range(1, len(EXAMPLES) + 1)]
+    assert all(re.fullmatch(r"\d\d_[a-z0-9_]+", name) for name in EXAMPLES)
+    trains = [name for name in EXAMPLES if '"CatVersionTrain"' in (REPO / "example_workflows" / f"{name}.json").read_text()]
+    assert trains == EXAMPLES[-1:]
+    assert sorted(path.stem for path in (REPO / "example_workflows").glob("*.jpg")) == EXAMPLES
+    assert sorted(path.stem for path in API_WORKFLOWS.glob("*.json")) == EXAMPLES
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -94,7 +109,7 @@ def execution_error(prompt) -> dict:
     ("a photo of a cat", "The prompt has no placeholder 'S'"),
 ])
 def test_workflow_errors_reach_the_user(bad_prompt, message):
-    prompt = tiny_prompt("elite_global")
+    prompt = tiny_prompt("01_elite_global")
     prompt[node_id(prompt, "ELITEConditioning")]["inputs"]["text"] = bad_prompt
     error = execution_error(prompt)
     assert message in error["exception_message"]
@@ -106,14 +121,14 @@ def test_the_saved_concept_templates_second_row_reuses_the_concept_without_encod
     row alone: the concept comes from the file, the encoder never runs."""
     from comfyui_elite.elite_core.comfyui import elite as comfy_elite
 
-    shipped = tiny_prompt("elite_saved_concept")
+    shipped = tiny_prompt("04_elite_saved_concept")
     save_concept = node_id(shipped, "ELITESaveConcept")
     first_row_outputs = (save_node_id(shipped), save_concept)  # the second row is muted: not in the prompt
     executor = run_prompt(shipped)
     assert executor.success
     (saved,) = executor.history_result["outputs"][save_concept]["text"]
     name = saved.split()[1].rstrip(";")
-    workflow = json.loads((REPO / "example_workflows" / "elite_saved_concept.json").read_text())
+    workflow = json.loads((REPO / "example_workflows" / "04_elite_saved_concept.json").read_text())
     for node in workflow["nodes"]:
         node["mode"] = 0
     prompt = with_tiny_models(ui_to_api(workflow, nodes.NODE_CLASS_MAPPINGS), TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER)
