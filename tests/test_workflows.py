@@ -1,8 +1,11 @@
 """The shipped example workflow: UI file, its API twin, and whole runs through ComfyUI's executor."""
 
+import importlib.util
+import io
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +58,7 @@ def test_example_is_ui_format_with_known_nodes(name):
     (note,) = [node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "Note"]
     assert "Change first:" in note, f"{name}'s Note does not say what to change first: {note!r}"
     with Image.open(REPO / "example_workflows" / f"{name}.jpg") as thumbnail:  # the template browser's picture
-        assert thumbnail.format == "JPEG" and thumbnail.width <= 640
+        assert thumbnail.format == "JPEG" and thumbnail.size == (512, 512)  # the browser shows a square
 
 
 def test_templates_are_numbered_simplest_first():
@@ -70,6 +73,45 @@ def test_templates_are_numbered_simplest_first():
     assert trains == EXAMPLES[-1:]
     assert sorted(path.stem for path in (REPO / "example_workflows").glob("*.jpg")) == EXAMPLES
     assert sorted(path.stem for path in API_WORKFLOWS.glob("*.json")) == EXAMPLES
+
+
+def _template_cards():
+    spec = importlib.util.spec_from_file_location("elite_template_cards", REPO / "scripts" / "template_cards.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_thumbnail_is_the_card_the_template_makes_now(name):
+    """The shipped thumbnail is what scripts/template_cards.py draws from the template as it is (its
+    photos and prompt), compared after the same JPEG encoding in 16 px blocks."""
+    cards = _template_cards()
+    fresh = io.BytesIO()
+    cards.compose(name).save(fresh, "JPEG", quality=90, optimize=True)
+    drawn = np.asarray(Image.open(fresh).convert("RGB"), dtype=np.float32)
+    with Image.open(REPO / "example_workflows" / f"{name}.jpg") as thumbnail:
+        shipped = np.asarray(thumbnail.convert("RGB"), dtype=np.float32)
+    blocks = np.abs(drawn - shipped).reshape(32, 16, 32, 16, 3).mean(axis=(1, 3, 4))
+    assert blocks.max() < 5, (f"example_workflows/{name}.jpg is not the card the template makes now: run "
+                              "`.cache/venv/bin/python scripts/template_cards.py`")
+
+
+def test_a_card_shows_the_templates_photo_and_prompt():
+    """What the card reads from the template: ELITE Example Concept's photos in graph order, a blank
+    frame for each Load Image, and the prompt the sampler gets (not a muted row's)."""
+    cards = _template_cards()
+    two = json.loads((REPO / "example_workflows" / "06_elite_two_concepts.json").read_text())
+    photos = cards.concept_photos(two)
+    with Image.open(REPO / "assets" / "concepts" / "cat.jpg") as cat, Image.open(REPO / "assets" / "concepts" / "dog.jpg") as dog:
+        assert [photo.size for photo in photos] == [cat.size, dog.size]
+    assert cards.prompt_text(two) == "a photo of S and T sitting on the beach"
+    saved = json.loads((REPO / "example_workflows" / "04_elite_saved_concept.json").read_text())
+    assert cards.prompt_text(saved) == "a photo of S on the beach"  # the muted row says "in a garden"
+    train = json.loads((REPO / "example_workflows" / "08_catversion_train_then_apply.json").read_text())
+    loads = sum(node["type"] == "LoadImage" for node in train["nodes"])
+    assert cards.concept_photos(train).count(None) == min(loads, 3)
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
