@@ -11,8 +11,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The API-format twins of example_workflows/*.json (test data; test_workflows.py checks each against
 # the conversion of its UI workflow).
 API_WORKFLOWS = REPO_ROOT / "tests" / "api_workflows"
-EXAMPLES = ["elite_global", "elite_global_local", "elite_prepare_from_photo", "elite_saved_concept", "elite_two_concepts",
-            "elite_with_lora", "catversion_teddybear", "catversion_train_then_apply"]
+EXAMPLES = ["01_elite_global", "02_elite_global_local", "03_elite_prepare_from_photo", "04_elite_saved_concept",
+            "05_elite_with_lora", "06_elite_two_concepts", "07_catversion_teddybear", "08_catversion_train_then_apply"]
 # The tiny RANDOM mapper files tests/conftest.py writes into models/elite (tiny_mapper_state_dict
 # seeds 10 and 11).
 TINY_GLOBAL_MAPPER = "tiny_global_mapper.safetensors"
@@ -119,7 +119,7 @@ def save_node_id(prompt: dict) -> str:
 
 def needs_shared_data(name: str) -> bool:
     """The examples that load the authors' CatVersion adapters (../shared)."""
-    return name == "catversion_teddybear"
+    return name == "07_catversion_teddybear"
 
 
 def api_workflow(name: str) -> dict:

@@ -102,7 +102,7 @@ def build_prompt(real: dict | None, steps: int | None, own_image: bool = False) 
     """The API twin of an example workflow, pointed at the weights found (or the random ones). The
     concept is the workflow's example cat, or with ``own_image`` input/elite_concept.png through
     Load Image (its MASK, the alpha, is 1 on the background: the encoder inverts it)."""
-    workflow = "elite_global" if real is not None and "local" not in real else "elite_global_local"
+    workflow = "01_elite_global" if real is not None and "local" not in real else "02_elite_global_local"
     prompt = api_workflow(workflow)
 
     def inputs(class_type: str) -> dict:

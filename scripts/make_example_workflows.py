@@ -54,7 +54,7 @@ SIZES = {
     "ImageBatch": [240, 50], "ELITEExampleConcept": [300, 80], "ELITEPrepareConcept": [360, 380],
     "ELITESaveConcept": [360, 120], "ELITELoadConcept": [360, 100], "ELITEAttentionMap": [400, 420],
     "SolidMask": [260, 110], "MaskComposite": [260, 150], "InvertMask": [200, 30], "LoraLoaderModelOnly": [360, 90],
-    "Note": [420, 160],
+    "Note": [420, 220],
 }
 
 CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"  # the core templates' SD1.5 file name
@@ -128,14 +128,17 @@ def common_nodes(strength: float) -> list[dict]:
     ]
 
 
-FIRST_STEPS = ("What to change first: the concept (Load Image + ELITE Prepare Concept for your own photo), the "
-               "prompt (S stands for the concept) and the seed. Models: SD1.5 in models/checkpoints, CLIP ViT-L/14 "
-               "in models/clip_vision, ELITE's mappers in models/elite (the frontend offers the downloads).")
+# Each template's Note starts with what to change first.
+FIRST_STEPS = ("Change first: the prompt in ELITE Conditioning (S stands for your object: \"a photo of S on the "
+               "beach\"), then the seed. Your own object: swap ELITE Example Concept for Load Image + ELITE "
+               "Prepare Concept (template 03 shows how). ELITE Conditioning feeds both the KSampler and ELITE "
+               "Attention Patch's positive input: keep both links. Models: SD1.5 in models/checkpoints, CLIP "
+               "ViT-L/14 in models/clip_vision, ELITE's mappers in models/elite (the frontend offers the downloads).")
 
 
 def global_workflow() -> list[dict]:
     nodes = common_nodes(strength=0.8)
-    return nodes + [note(30, [40, 760], FIRST_STEPS)]
+    return nodes + [note(30, [40, 760], "Start here: the simplest ELITE graph (the global mapper only). " + FIRST_STEPS)]
 
 
 def local_workflow() -> list[dict]:
@@ -143,8 +146,9 @@ def local_workflow() -> list[dict]:
     nodes.append(dict(id=13, type="ELITELocalMapperLoader", pos=[40, 460], widgets=["local_mapper.pt"]))
     encoder = nodes[4]
     encoder["inputs"] = encoder["inputs"] + [("local_mapper", 13, 0), ("mask", 4, 1)]
-    return nodes + [note(30, [40, 760], FIRST_STEPS + " λ (local strength) sets how much of the concept's "
-                         "detail the local branch adds: 0.6 to 0.8.")]
+    return nodes + [note(30, [40, 760], FIRST_STEPS + " Then strength (λ) on ELITE Attention Patch: how much of "
+                         "the object's detail the local mapper adds, 0.6 to 0.8; higher looks more like your object, "
+                         "lower follows the prompt more.")]
 
 
 def prepare_workflow() -> list[dict]:
@@ -160,10 +164,11 @@ def prepare_workflow() -> list[dict]:
     nodes[7]["widgets"] = [0.6, 0.0, 1.0, True, True]  # attention_map on
     nodes.append(dict(id=15, type="ELITEAttentionMap", pos=[2400, 560],
                       inputs=[("model", 8, 0), ("samples", 10, 0), ("images", 11, 0)]))
-    return nodes + [note(30, [460, 740], "ELITE Prepare Concept crops the photo around its object so it fills "
-                         "ELITE's 224x224 CLIP input; its preview shows that input and the 16x16 patches the local "
-                         "branch keeps. For your own photo use Load Image: a cut-out PNG's MASK works as it is "
-                         "(mask_polarity auto). ELITE Attention Map shows where the concept went.")]
+    return nodes + [note(30, [460, 740], "Change first: the photo. Swap ELITE Example Concept for Load Image with "
+                         "your photo (a cut-out PNG's MASK works as it is, mask_polarity auto), then the prompt (S) and "
+                         "the seed. ELITE Prepare Concept crops the photo around its object so it fills ELITE's "
+                         "224x224 CLIP input; its preview shows that input and the 16x16 patches the local branch "
+                         "keeps. After a run, ELITE Attention Map shows where the concept went.")]
 
 
 def saved_concept_workflow() -> list[dict]:
@@ -186,10 +191,11 @@ def saved_concept_workflow() -> list[dict]:
         dict(id=19, type="VAEDecode", pos=[2140, 1000], inputs=[("samples", 18, 0), ("vae", 1, 2)], **muted),
         dict(id=20, type="SaveImage", pos=[2400, 1000], inputs=[("images", 19, 0)], widgets=["ELITE_reused"], **muted),
     ]
-    return nodes + [note(30, [40, 1000], "ELITE Save Concept writes models/elite_concepts/elite_concept_00001"
-                         ".safetensors (and embedding:elite_concept_00001 for CLIP Text Encode). After one run, "
-                         "unmute the lower row (select it, Ctrl+M): it loads the concept without encoding, with "
-                         "the same mapper files.")]
+    return nodes + [note(30, [40, 1000], "Change first: the name in ELITE Save Concept (the file it writes), "
+                         "then the concept and prompt as in template 02. Run once: it writes models/elite_concepts/"
+                         "elite_concept_00001.safetensors (and embedding:elite_concept_00001 for CLIP Text Encode). "
+                         "Then unmute the lower row (select it, Ctrl+M) and pick the file in ELITE Load Concept: it "
+                         "reuses the concept without encoding, with the same mapper files.")]
 
 
 def two_concepts_workflow() -> list[dict]:
@@ -215,9 +221,10 @@ def two_concepts_workflow() -> list[dict]:
              inputs=[("model", 8, 0), ("concept", 15, 0), ("positive", 6, 0), ("region", 19, 0)],
              widgets=[0.6, 0.0, 1.0, True, False]),
     ]
-    return nodes + [note(30, [40, 960], "Two concepts: ELITE Conditioning puts the cat's word at S and the dog's "
-                         "at T; each ELITE Attention Patch adds its concept's detail where its own word is attended, "
-                         "within its region (left and right halves here).")]
+    return nodes + [note(30, [40, 960], "Change first: the two concepts (the cat goes to S, the dog to T) and the "
+                         "prompt, which must name both S and T. ELITE Conditioning puts each concept's word in the "
+                         "prompt; each ELITE Attention Patch adds its concept's detail where its own word is attended, "
+                         "within its region (left and right halves here: change the masks to move them).")]
 
 
 def lora_workflow() -> list[dict]:
@@ -229,10 +236,11 @@ def lora_workflow() -> list[dict]:
                       inputs=[("model", 8, 0)], widgets=[LCM_LORA, 1.0]))
     nodes[9]["inputs"] = [("model", 14, 0), ("positive", 6, 0), ("negative", 7, 0), ("latent_image", 9, 0)]
     nodes[9]["widgets"] = [42, "fixed", 8, 1.5, "lcm", "sgm_uniform", 1.0]
-    return nodes + [note(30, [40, 760], "Any SD1.5 LoRA goes in models/loras and in the LoRA loader, after ELITE "
-                         "Attention Patch (ELITE sets the cross-attention K/V weights; the LoRA's changes are added "
-                         "on top). This one is the LCM LoRA: 8 steps with the lcm sampler and CFG 1.5. With another "
-                         "LoRA, set the KSampler back to 50 steps, CFG 5, lms.")]
+    return nodes + [note(30, [40, 760], "Change first: the LoRA. Any SD1.5 LoRA goes in models/loras and in the "
+                         "LoRA loader, after ELITE Attention Patch (ELITE sets the cross-attention K/V weights; the "
+                         "LoRA's changes are added on top). This one is the LCM LoRA: 8 steps with the lcm sampler and "
+                         "CFG 1.5. With another LoRA, set the KSampler back to 50 steps, CFG 5, lms. Then the concept "
+                         "and the prompt as in template 02.")]
 
 
 def catversion_workflow() -> list[dict]:
@@ -253,6 +261,11 @@ def catversion_workflow() -> list[dict]:
              widgets=[23, "fixed", 50, 10.0, "ddim", "ddim_uniform", 1.0]),
         dict(id=8, type="VAEDecode", pos=[1720, 60], inputs=[("samples", 7, 0), ("vae", 1, 2)]),
         dict(id=9, type="SaveImage", pos=[1980, 60], inputs=[("images", 8, 0)], widgets=["CatVersion"]),
+        note(30, [40, 340], "Change first: the adapter in CatVersion Adapter Loader (a file in models/catversion: the "
+             "authors' teddybear pytorch_adapter.bin saved as teddybear.bin, or one you trained with template 08), then "
+             "the prompt: the adapter's class word where the object goes (\"teddybear on the beach\", no "
+             "placeholder). The negative prompt stays on the original CLIP. The authors' settings: DDIM, 50 steps, "
+             "CFG 10."),
     ]
 
 
@@ -281,6 +294,38 @@ def catversion_train_workflow() -> list[dict]:
         dict(id=13, type="VAEDecode", pos=[2480, 60], inputs=[("samples", 12, 0), ("vae", 1, 2)]),
         dict(id=14, type="SaveImage", pos=[2740, 60], inputs=[("images", 13, 0)], widgets=["CatVersion"]),
     ]
+
+
+TRAIN_NOTE = ("Slow: this template trains before it draws (1000 steps: minutes on a GPU, hours on a CPU). Change "
+              "first: the photos (3 to 10 photos of one object), class_word on CatVersion Train Concept (what the "
+              "object is: teddybear, mug, dog) and filename_prefix (the adapter's file name in models/catversion). "
+              "Prompt with the same class word. Once trained, template 07's CatVersion Adapter Loader reuses the saved "
+              "file without training.")
+
+
+def with_note_below(nodes: list[dict], text: str) -> list[dict]:
+    """``nodes`` and a Note under the lowest of them, at the left edge."""
+    bottom = max(node["pos"][1] + SIZES[node["type"]][1] for node in nodes)
+    return nodes + [note(max(node["id"] for node in nodes) + 1, [40, bottom + 80], text)]
+
+
+def catversion_train_template() -> list[dict]:
+    return with_note_below(catversion_train_workflow(), TRAIN_NOTE)
+
+
+# The templates in the order the template browser should show them, simplest first. The browser shows
+# each file's name as its card's title and sorts by nothing the pack can set (see docs/development.md,
+# "Templates"): the number in front orders the cards in its Alphabetical sort and in a name-sorted listing.
+TEMPLATES = (
+    ("01_elite_global", global_workflow),
+    ("02_elite_global_local", local_workflow),
+    ("03_elite_prepare_from_photo", prepare_workflow),
+    ("04_elite_saved_concept", saved_concept_workflow),
+    ("05_elite_with_lora", lora_workflow),
+    ("06_elite_two_concepts", two_concepts_workflow),
+    ("07_catversion_teddybear", catversion_workflow),
+    ("08_catversion_train_then_apply", catversion_train_template),
+)
 
 
 def to_ui(nodes: list[dict]) -> dict:
@@ -325,13 +370,9 @@ def to_ui(nodes: list[dict]) -> dict:
 
 
 def main() -> None:
-    for name, nodes in (("elite_global", global_workflow()), ("elite_global_local", local_workflow()),
-                        ("elite_prepare_from_photo", prepare_workflow()), ("elite_saved_concept", saved_concept_workflow()),
-                        ("elite_two_concepts", two_concepts_workflow()), ("elite_with_lora", lora_workflow()),
-                        ("catversion_teddybear", catversion_workflow()),
-                        ("catversion_train_then_apply", catversion_train_workflow())):
+    for name, build in TEMPLATES:
         path = REPO / "example_workflows" / f"{name}.json"
-        path.write_text(json.dumps(to_ui(nodes), indent=1) + "\n")
+        path.write_text(json.dumps(to_ui(build()), indent=1) + "\n")
 
 
 if __name__ == "__main__":

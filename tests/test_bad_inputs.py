@@ -45,7 +45,7 @@ def submit(prompt: dict) -> tuple[str, object]:
 
 
 def good_prompt() -> dict:
-    return tiny_prompt("elite_global_local")
+    return tiny_prompt("02_elite_global_local")
 
 
 @pytest.fixture(scope="module")

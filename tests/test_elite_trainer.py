@@ -246,7 +246,7 @@ def test_the_steps_after_the_checkpoint_change_the_mapper(one_process_run):
 def test_the_trained_mapper_runs_in_comfyui(one_process_run):
     """The trained file is what the loader node reads: copied into models/elite, the workflow runs."""
     shutil.copyfile(one_process_run / "global_mapper.safetensors", ELITE_MODELS / "trained_global.safetensors")
-    executor = run_prompt(tiny_prompt("elite_global", "trained_global.safetensors"))
+    executor = run_prompt(tiny_prompt("01_elite_global", "trained_global.safetensors"))
     assert executor.success, [m for m in executor.status_messages if m[0] == "execution_error"]
     assert (BASE_DIR / "models" / "elite" / "trained_global.safetensors").is_file()
 
@@ -326,7 +326,7 @@ def test_the_local_stage_trains_from_the_bf16_global_mapper(bf16_global_then_loc
 
 
 def test_the_trained_global_and_local_mappers_run_in_comfyui(trained_mapper_files):
-    executor = run_prompt(tiny_prompt("elite_global_local", *trained_mapper_files))
+    executor = run_prompt(tiny_prompt("02_elite_global_local", *trained_mapper_files))
     assert executor.success, [m for m in executor.status_messages if m[0] == "execution_error"]
 
 

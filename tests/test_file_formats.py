@@ -31,7 +31,7 @@ def mapper_files() -> dict[str, tuple[str, str]]:
 
 
 def sampled_latent(global_name: str, local_name: str, tag: str) -> torch.Tensor:
-    prompt = tiny_prompt("elite_global_local", mapper_name=global_name, local_mapper_name=local_name)
+    prompt = tiny_prompt("02_elite_global_local", mapper_name=global_name, local_mapper_name=local_name)
     add_node(prompt, "SaveLatent", samples=[node_id(prompt, "KSampler"), 0], filename_prefix=f"formats/{tag}")
     executor = run_prompt(prompt)
     assert executor.success, [m for m in executor.status_messages if m[0] == "execution_error"]

@@ -81,7 +81,7 @@ def test_every_node_has_a_help_page_the_server_serves(server):
 
 def test_workflow_over_http_produces_an_image(server):
     url, _ = server
-    prompt = tiny_prompt("elite_global_local")
+    prompt = tiny_prompt("02_elite_global_local")
     prompt[save_node_id(prompt)]["inputs"]["filename_prefix"] = "ELITE_http"
     entry = run_prompt(url, prompt, timeout=300)
     (image,) = entry["outputs"][save_node_id(prompt)]["images"]
@@ -90,7 +90,7 @@ def test_workflow_over_http_produces_an_image(server):
 
 def test_a_failing_workflow_reports_the_elite_message(server):
     url, _ = server
-    prompt = tiny_prompt("elite_global_local")
+    prompt = tiny_prompt("02_elite_global_local")
     prompt[node_id(prompt, "ELITEConditioning")]["inputs"]["placeholder"] = "zebra crossing"
     with pytest.raises(RuntimeError, match="must be a single word without spaces"):
         run_prompt(url, prompt, timeout=300)
@@ -102,7 +102,7 @@ def test_a_failing_workflow_reports_the_elite_message(server):
 def test_a_missing_mapper_is_refused_at_validation_over_http(server):
     """HTTP 400 with the node's error."""
     url, _ = server
-    missing = tiny_prompt("elite_global_local")
+    missing = tiny_prompt("02_elite_global_local")
     missing[node_id(missing, "ELITELocalMapperLoader")]["inputs"]["mapper_name"] = "local_mapper.pt"
     with pytest.raises(RuntimeError, match=r"ELITE mapper 'local_mapper.pt' was not found.*Put local_mapper.pt"):
         run_prompt(url, missing, timeout=300)
@@ -111,7 +111,7 @@ def test_a_missing_mapper_is_refused_at_validation_over_http(server):
 def test_a_nan_strength_is_refused_by_the_node_over_http(server):
     """A NaN λ, which JSON clients can send, is refused by the node while executing."""
     url, _ = server
-    prompt = tiny_prompt("elite_global_local")
+    prompt = tiny_prompt("02_elite_global_local")
     prompt[node_id(prompt, "ELITELocalAttnPatch")]["inputs"]["strength"] = float("nan")
     reply = requests.post(f"{url}/prompt", data=json.dumps({"prompt": prompt}),  # json.dumps writes NaN
                           headers={"Content-Type": "application/json"}, timeout=60)

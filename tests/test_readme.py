@@ -88,6 +88,13 @@ def test_template_models_are_in_the_readme_table_with_folder_and_url():
     assert not problems, "\n".join(sorted(set(problems)))
 
 
+def test_the_templates_table_lists_every_template_in_order():
+    from elite_test_pack.workflows import EXAMPLES
+
+    listed = re.findall(r"^\| `(\d\d_\w+)` \|", _readme(), re.M)
+    assert listed == EXAMPLES, f"the README's template table lists {listed}; example_workflows/ holds {EXAMPLES}"
+
+
 @pytest.mark.parametrize("doc", _doc_files(), ids=lambda p: str(p.relative_to(REPO)))
 def test_relative_links_lead_to_files_that_exist(doc: Path):
     text = INLINE_CODE.sub("", FENCE.sub("", doc.read_text(encoding="utf-8")))

@@ -1,7 +1,11 @@
 """The shipped example workflow: UI file, its API twin, and whole runs through ComfyUI's executor."""
 
+import importlib.util
+import io
 import json
 import os
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +31,13 @@ REPO = Path(__file__).resolve().parents[1]
 # The node types each example shows off.
 ELITE_NODES = {"ELITEGlobalMapperLoader", "ELITEEncoder", "ELITEConditioning", "ELITELocalAttnPatch"}
 EXAMPLE_NODES = {
-    "elite_global": ELITE_NODES, "elite_global_local": ELITE_NODES,
-    "elite_prepare_from_photo": ELITE_NODES | {"ELITEPrepareConcept", "ELITEAttentionMap", "ELITEExampleConcept"},
-    "elite_saved_concept": ELITE_NODES | {"ELITESaveConcept", "ELITELoadConcept"},
-    "elite_two_concepts": ELITE_NODES | {"MaskComposite", "InvertMask"},
-    "elite_with_lora": ELITE_NODES | {"LoraLoaderModelOnly"},
-    "catversion_teddybear": {"CatVersionLoader", "CatVersionApply"},
-    "catversion_train_then_apply": {"CatVersionTrain", "CatVersionApply"},
+    "01_elite_global": ELITE_NODES, "02_elite_global_local": ELITE_NODES,
+    "03_elite_prepare_from_photo": ELITE_NODES | {"ELITEPrepareConcept", "ELITEAttentionMap", "ELITEExampleConcept"},
+    "04_elite_saved_concept": ELITE_NODES | {"ELITESaveConcept", "ELITELoadConcept"},
+    "05_elite_with_lora": ELITE_NODES | {"LoraLoaderModelOnly"},
+    "06_elite_two_concepts": ELITE_NODES | {"MaskComposite", "InvertMask"},
+    "07_catversion_teddybear": {"CatVersionLoader", "CatVersionApply"},
+    "08_catversion_train_then_apply": {"CatVersionTrain", "CatVersionApply"},
 }
 
 
@@ -51,10 +55,63 @@ def test_example_is_ui_format_with_known_nodes(name):
                             "ELITELocalMapperLoader"):
             (model,) = node["properties"]["models"]
             assert model["name"] == node["widgets_values"][0] and model["url"].startswith("https://huggingface.co/")
-    if name.startswith("elite_"):
-        assert "Note" in types  # says what to change first
+    (note,) = [node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "Note"]
+    assert "Change first:" in note, f"{name}'s Note does not say what to change first: {note!r}"
     with Image.open(REPO / "example_workflows" / f"{name}.jpg") as thumbnail:  # the template browser's picture
-        assert thumbnail.format == "JPEG" and thumbnail.width <= 640
+        assert thumbnail.format == "JPEG" and thumbnail.size == (512, 512)  # the browser shows a square
+
+
+def test_templates_are_numbered_simplest_first():
+    """The frontends title and sort a pack's templates by file name alone (docs/development.md,
+    Templates): every template is `NN_name`, numbered from 01 without gaps, EXAMPLES lists them in that
+    order, and the one that trains comes last."""
+    shipped = sorted(path.stem for path in (REPO / "example_workflows").glob("*.json"))
+    assert shipped == EXAMPLES
+    assert [name[:3] for name in EXAMPLES] == [f"{i:02d}_" for i in range(1, len(EXAMPLES) + 1)]
+    assert all(re.fullmatch(r"\d\d_[a-z0-9_]+", name) for name in EXAMPLES)
+    trains = [name for name in EXAMPLES if '"CatVersionTrain"' in (REPO / "example_workflows" / f"{name}.json").read_text()]
+    assert trains == EXAMPLES[-1:]
+    assert sorted(path.stem for path in (REPO / "example_workflows").glob("*.jpg")) == EXAMPLES
+    assert sorted(path.stem for path in API_WORKFLOWS.glob("*.json")) == EXAMPLES
+
+
+def _template_cards():
+    spec = importlib.util.spec_from_file_location("elite_template_cards", REPO / "scripts" / "template_cards.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_thumbnail_is_the_card_the_template_makes_now(name):
+    """The shipped thumbnail is what scripts/template_cards.py draws from the template as it is (its
+    photos and prompt), compared after the same JPEG encoding in 16 px blocks."""
+    cards = _template_cards()
+    fresh = io.BytesIO()
+    cards.compose(name).save(fresh, "JPEG", quality=90, optimize=True)
+    drawn = np.asarray(Image.open(fresh).convert("RGB"), dtype=np.float32)
+    with Image.open(REPO / "example_workflows" / f"{name}.jpg") as thumbnail:
+        shipped = np.asarray(thumbnail.convert("RGB"), dtype=np.float32)
+    blocks = np.abs(drawn - shipped).reshape(32, 16, 32, 16, 3).mean(axis=(1, 3, 4))
+    assert blocks.max() < 5, (f"example_workflows/{name}.jpg is not the card the template makes now: run "
+                              "`.cache/venv/bin/python scripts/template_cards.py`")
+
+
+def test_a_card_shows_the_templates_photo_and_prompt():
+    """What the card reads from the template: ELITE Example Concept's photos in graph order, a blank
+    frame for each Load Image, and the prompt the sampler gets (not a muted row's)."""
+    cards = _template_cards()
+    two = json.loads((REPO / "example_workflows" / "06_elite_two_concepts.json").read_text())
+    photos = cards.concept_photos(two)
+    with Image.open(REPO / "assets" / "concepts" / "cat.jpg") as cat, Image.open(REPO / "assets" / "concepts" / "dog.jpg") as dog:
+        assert [photo.size for photo in photos] == [cat.size, dog.size]
+    assert cards.prompt_text(two) == "a photo of S and T sitting on the beach"
+    saved = json.loads((REPO / "example_workflows" / "04_elite_saved_concept.json").read_text())
+    assert cards.prompt_text(saved) == "a photo of S on the beach"  # the muted row says "in a garden"
+    train = json.loads((REPO / "example_workflows" / "08_catversion_train_then_apply.json").read_text())
+    loads = sum(node["type"] == "LoadImage" for node in train["nodes"])
+    assert cards.concept_photos(train).count(None) == min(loads, 3)
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -94,7 +151,7 @@ def execution_error(prompt) -> dict:
     ("a photo of a cat", "The prompt has no placeholder 'S'"),
 ])
 def test_workflow_errors_reach_the_user(bad_prompt, message):
-    prompt = tiny_prompt("elite_global")
+    prompt = tiny_prompt("01_elite_global")
     prompt[node_id(prompt, "ELITEConditioning")]["inputs"]["text"] = bad_prompt
     error = execution_error(prompt)
     assert message in error["exception_message"]
@@ -106,14 +163,14 @@ def test_the_saved_concept_templates_second_row_reuses_the_concept_without_encod
     row alone: the concept comes from the file, the encoder never runs."""
     from comfyui_elite.elite_core.comfyui import elite as comfy_elite
 
-    shipped = tiny_prompt("elite_saved_concept")
+    shipped = tiny_prompt("04_elite_saved_concept")
     save_concept = node_id(shipped, "ELITESaveConcept")
     first_row_outputs = (save_node_id(shipped), save_concept)  # the second row is muted: not in the prompt
     executor = run_prompt(shipped)
     assert executor.success
     (saved,) = executor.history_result["outputs"][save_concept]["text"]
     name = saved.split()[1].rstrip(";")
-    workflow = json.loads((REPO / "example_workflows" / "elite_saved_concept.json").read_text())
+    workflow = json.loads((REPO / "example_workflows" / "04_elite_saved_concept.json").read_text())
     for node in workflow["nodes"]:
         node["mode"] = 0
     prompt = with_tiny_models(ui_to_api(workflow, nodes.NODE_CLASS_MAPPINGS), TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER)

@@ -1,7 +1,8 @@
 // Load UI-format workflows into the real ComfyUI frontend (headless Chromium) and report, per file,
 // the API-format prompt the frontend itself builds from it and any browser error raised meanwhile.
 // Usage: node load_workflows.js <server url> <chromium path> <workflow.json>...   (JSON report on stdout)
-// With SCREENSHOT_DIR set, each loaded graph is also fitted to the view and saved as <name>.png there.
+// With SCREENSHOT_DIR set, each loaded graph is also fitted to the view and saved as <name>.png there
+// (focus mode: the graph without the menus, cropped to its nodes).
 // With QUEUE_PROMPTS set (a JSON file: workflow name -> API prompt), each such workflow is also queued
 // through the frontend (app.queuePrompt, what the Run button calls). The request the frontend sends is
 // recorded as `queued`, then forwarded to the server with its prompt swapped for the given one (the
@@ -45,6 +46,17 @@ async function main() {
     await page.waitForFunction(() => window.app && window.app.graph, null, { timeout: 120000 });
     await page.waitForTimeout(2000);
     const report = {};
+    if (process.env.SCREENSHOT_DIR) {  // the graph alone: no first-run dialog, menus or minimap
+      for (let i = 0; i < 3; i += 1) {
+        await page.keyboard.press('Escape');
+        await page.waitForTimeout(300);
+      }
+      await page.evaluate(async () => {
+        const manager = window.app.extensionManager;
+        if (manager && manager.setting) await manager.setting.set('Comfy.Minimap.Visible', false);
+        if (manager && manager.command) await manager.command.execute('Workspace.ToggleFocusMode');
+      });
+    }
     for (const file of files) {
       errors = [];  // start-up noise (a fresh user folder, unreachable web fonts) is not the workflow's
       const workflow = JSON.parse(fs.readFileSync(file, 'utf8'));
@@ -86,7 +98,24 @@ async function main() {
           if (manager && manager.command) await manager.command.execute('Comfy.Canvas.FitView');
         });
         await page.waitForTimeout(800);
-        await page.screenshot({ path: path.join(process.env.SCREENSHOT_DIR, `${name}.png`) });
+        const clip = await page.evaluate(() => {  // the nodes' bounding box on screen, title bars included
+          const canvas = window.app.canvas;
+          const { scale, offset } = canvas.ds;
+          const box = canvas.canvas.getBoundingClientRect();
+          let [left, top, right, bottom] = [Infinity, Infinity, -Infinity, -Infinity];
+          for (const node of window.app.graph._nodes || window.app.graph.nodes) {
+            left = Math.min(left, node.pos[0]);
+            top = Math.min(top, node.pos[1] - 40);
+            right = Math.max(right, node.pos[0] + node.size[0]);
+            bottom = Math.max(bottom, node.pos[1] + node.size[1]);
+          }
+          const pad = 24;
+          const x = Math.max(0, box.left + (left + offset[0]) * scale - pad);
+          const y = Math.max(0, box.top + (top + offset[1]) * scale - pad);
+          return { x, y, width: Math.min(box.right, box.left + (right + offset[0]) * scale + pad) - x,
+                   height: Math.min(box.bottom, box.top + (bottom + offset[1]) * scale + pad) - y };
+        });
+        await page.screenshot({ path: path.join(process.env.SCREENSHOT_DIR, `${name}.png`), clip });
       }
     }
     process.stdout.write(JSON.stringify(report));
