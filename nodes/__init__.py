@@ -9,7 +9,7 @@ from .nodes_encoder import ELITEEncoder
 from .nodes_example_concept import ELITEExampleConcept
 from .nodes_mapper_loader import ELITEGlobalMapperLoader, ELITELocalMapperLoader
 from .nodes_prepare import ELITEPrepareConcept
-from .nodes_score import ELITEScore
+from .nodes_score import ELITEScore, ELITEScoreOldId
 
 ELITE_NODES = [
     ELITEGlobalMapperLoader,
@@ -23,6 +23,7 @@ ELITE_NODES = [
     ELITESaveConcept,
     ELITELoadConcept,
     ELITEScore,
+    ELITEScoreOldId,
     CatVersionLoader,
     CatVersionApply,
     CatVersionTrain,

@@ -14,18 +14,26 @@ CatVersionType = io.Custom("CATVERSION_ADAPTER")
 CATVERSION_CATEGORY = "ELITE/CatVersion"
 
 
-# Newer ComfyUI releases read search aliases and "advanced" (collapsed) widgets; 0.3.75 has neither.
+# Newer ComfyUI releases read search aliases; 0.3.75 does not. The frontend folds "advanced" (expert)
+# inputs away; 0.33.0 takes the flag as an argument, 0.3.75 passes it on through an input's extra_dict.
 _SCHEMA_FIELDS = set(inspect.signature(io.Schema).parameters)
 _INPUT_TAKES_ADVANCED = "advanced" in inspect.signature(io.Float.Input).parameters
+SUPPORTS_SEARCH_ALIASES = "search_aliases" in _SCHEMA_FIELDS
 
 
 def schema(search_aliases: list[str] | None = None, **fields) -> io.Schema:
     """io.Schema with ``search_aliases`` where the running ComfyUI supports them."""
-    if search_aliases and "search_aliases" in _SCHEMA_FIELDS:
+    if search_aliases and SUPPORTS_SEARCH_ALIASES:
         fields["search_aliases"] = search_aliases
     return io.Schema(**fields)
 
 
-def advanced() -> dict:
-    """Keyword arguments that mark an input as advanced where the running ComfyUI supports it."""
-    return {"advanced": True} if _INPUT_TAKES_ADVANCED else {}
+def expert(item: io.Input) -> io.Input:
+    """Marks an input as an expert setting: object_info says ``"advanced": true`` on every supported
+    ComfyUI, and the frontend shows it only when the node's advanced inputs are shown (Nodes 2.0 by
+    itself, the classic canvas with web/js/elite_widgets.js)."""
+    if _INPUT_TAKES_ADVANCED:
+        item.advanced = True
+    elif isinstance(getattr(item, "extra_dict", None), dict):
+        item.extra_dict["advanced"] = True
+    return item

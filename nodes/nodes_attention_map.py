@@ -42,22 +42,25 @@ class ELITEAttentionMap(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return schema(
-            search_aliases=["elite", "attention heatmap", "where the concept goes"],
+            search_aliases=["elite", "attention heatmap", "where the concept goes", "subject mask", "concept mask"],
             node_id="ELITEAttentionMap",
             display_name="ELITE Attention Map",
             category=CATEGORY,
             description=(
-                "Shows where the concept went: the placeholder's attention map that gates ELITE's local branch, "
-                "averaged over the 16 cross-attention layers and the steps where the branch was active. Turn on "
-                "'attention_map' in ELITE Attention Patch; connect that MODEL, the sampler's LATENT and, for an "
-                "overlay, the decoded images."
+                "Shows where the concept landed in the picture: a mask that is bright where the concept word drew "
+                "(the same map that steers where ELITE copies the concept's detail), averaged over the sampling "
+                "steps. Turn on 'attention_map' among ELITE Attention Patch's advanced inputs; connect that MODEL, "
+                "the sampler's LATENT and, for an overlay, the decoded images."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The MODEL from ELITE Attention Patch (attention_map on)."),
-                io.Latent.Input("samples", tooltip="The sampler's output: the map is read after sampling."),
-                io.Image.Input("images", optional=True, tooltip="The decoded images, for the overlay."),
+                io.Model.Input("model", tooltip="The MODEL from ELITE Attention Patch, with attention_map on."),
+                io.Latent.Input("samples", tooltip="The sampler's LATENT: the map is read after sampling."),
+                io.Image.Input("images", optional=True, tooltip="Optional: the decoded pictures, for the overlay."),
             ],
-            outputs=[io.Mask.Output(display_name="attention"), io.Image.Output(display_name="overlay")],
+            outputs=[io.Mask.Output(display_name="attention",
+                                    tooltip="Where the concept landed, 0 to 1, at the picture's size: use it to "
+                                            "inpaint or composite, or as ELITE Score's image_mask."),
+                     io.Image.Output(display_name="overlay", tooltip="The map over the pictures (grey without them).")],
             is_output_node=True,
         )
 

@@ -3,48 +3,54 @@
 from comfy_api.latest import io
 
 from ..elite_core.comfyui import elite_patch
-from .elite_types import CATEGORY, ConceptType, advanced, schema
+from .elite_types import CATEGORY, ConceptType, expert, schema
+
+POSITIVE_WIRING = ("Connect ELITE Conditioning's output here AND to the sampler's positive: the detail pass finds "
+                   "the concept word in it. Needed with a local mapper (λ above 0).")
 
 
 class ELITELocalAttnPatch(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return schema(
-            search_aliases=["elite", "local attention", "concept detail", "personalize"],
+            search_aliases=["elite", "apply elite", "ip adapter", "personalize", "subject", "concept detail",
+                            "local attention"],
             node_id="ELITELocalAttnPatch",
             display_name="ELITE Attention Patch",
             category=CATEGORY,
             description=(
-                "Returns a copy of the MODEL with ELITE's fine-tuned cross-attention K/V weights (for "
-                "the positive and the negative prompt, as in the reference) and, when the concept has "
-                "a local mapping, the local attention branch on the positive prompt. Put LoRA loaders "
-                "after this node."
+                "Makes the model draw your concept: returns a copy of the MODEL with ELITE's own attention weights "
+                "(used for the positive and the negative prompt) and, with a local mapper, a detail pass that copies "
+                "the concept's fine detail to where the concept word lands in the picture. Wire ELITE Conditioning "
+                "into this node's 'positive' as well as into the sampler's positive. Put LoRA loaders after this node."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="An SD1.x model."),
-                ConceptType.Input("concept"),
-                io.Conditioning.Input(
-                    "positive", optional=True,
-                    tooltip="The output of ELITE Conditioning: the local branch finds the placeholder there.",
-                ),
+                io.Model.Input("model", tooltip="The MODEL of an SD1.x checkpoint. Send this node's MODEL on to the "
+                                                "sampler."),
+                ConceptType.Input("concept", tooltip="The concept, from ELITE Encoder or ELITE Load Concept."),
+                io.Conditioning.Input("positive", optional=True, tooltip=POSITIVE_WIRING),
                 io.Float.Input(
                     "strength", display_name="λ (local strength)", default=0.8, min=0.0, max=2.0, step=0.05,
-                    tooltip="Weight of the local branch. 0.8 is the reference default, 0.6 its demo's; 0 disables it.",
+                    tooltip="How much of the concept's fine detail is copied: 0.8 is ELITE's default, 0.6 its demo's, "
+                            "0 keeps only the word. Higher looks more like the photo, lower follows the prompt more.",
                 ),
-                io.Float.Input("start_percent", default=0.0, **advanced(), min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of the schedule where the local branch starts."),
-                io.Float.Input("end_percent", default=1.0, **advanced(), min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of the schedule where the local branch stops."),
-                io.Boolean.Input("global_kv", default=True, **advanced(),
-                                 tooltip="Use ELITE's fine-tuned cross-attention K/V weights (the reference always does)."),
+                expert(io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                                      tooltip="When the detail pass starts, as a fraction of the sampling steps "
+                                              "(0 = the first step).")),
+                expert(io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                                      tooltip="When the detail pass stops, as a fraction of the sampling steps "
+                                              "(1 = the last step).")),
+                expert(io.Boolean.Input("global_kv", default=True,
+                                        tooltip="Use ELITE's own attention weights (ELITE always does). Off only to "
+                                                "compare: the concept then looks much less like the photo.")),
                 io.Mask.Input("region", optional=True,
-                              tooltip="Where the local branch adds the concept's detail (1 = yes, any size; it is "
-                                      "scaled to the image). Without it, wherever the placeholder's attention goes."),
-                io.Boolean.Input("attention_map", default=False, optional=True,
-                                 tooltip="Record where the concept goes while sampling, for ELITE Attention Map "
-                                         "(costs a little time; off records nothing)."),
+                              tooltip="Where the concept's detail may go (white = yes; any size, it is scaled to the "
+                                      "picture). Without it, wherever the concept word lands."),
+                expert(io.Boolean.Input("attention_map", default=False, optional=True,
+                                        tooltip="Record where the concept lands while sampling, for ELITE Attention "
+                                                "Map (a little slower). Off records nothing.")),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(tooltip="The model with ELITE's attention: connect it to the sampler.")],
         )
 
     @classmethod

@@ -6,23 +6,28 @@ from comfy_api.latest import io
 from ..elite_core.catversion.training import CatVersionRecipe
 from ..elite_core.comfyui import catversion as comfy_catversion
 from ..elite_core.comfyui import catversion_training as comfy_catversion_training
-from .elite_types import CATVERSION_CATEGORY, CatVersionType
+from .elite_types import CATVERSION_CATEGORY, CatVersionType, schema
+
+TRAIN_ALIASES = ["catversion", "train concept", "textual inversion", "dreambooth", "personalize", "subject", "fine tune"]
 
 
 class CatVersionLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["catversion", "load concept", "concept adapter", "personalize", "subject",
+                            "textual inversion"],
             node_id="CatVersionLoader",
             display_name="CatVersion Adapter Loader",
             category=CATVERSION_CATEGORY,
             description=(
-                "Loads a CatVersion concept adapter from models/catversion: the authors' pytorch_adapter.bin "
-                "or a CatVersion .safetensors. It holds key/value prefixes for CLIP-L text layers 9-11."
+                "Loads a CatVersion concept (a small file learned from a few photos of one subject) from "
+                "models/catversion: the authors' pytorch_adapter.bin, renamed after its subject, or a file CatVersion "
+                "Train Concept saved. Connect it to CatVersion Apply."
             ),
             inputs=[io.Combo.Input("adapter_name", options=comfy_catversion.adapter_file_names(),
-                                   tooltip="The adapter file in models/catversion.")],
-            outputs=[CatVersionType.Output(display_name="catversion")],
+                                   tooltip="The concept file in models/catversion.")],
+            outputs=[CatVersionType.Output(display_name="catversion", tooltip="To CatVersion Apply.")],
         )
 
     @classmethod
@@ -38,24 +43,26 @@ class CatVersionLoader(io.ComfyNode):
 class CatVersionApply(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["catversion", "apply concept", "personalize", "subject", "textual inversion"],
             node_id="CatVersionApply",
             display_name="CatVersion Apply",
             category=CATVERSION_CATEGORY,
             description=(
-                "Returns a copy of an SD1.x CLIP whose text layers 9-11 attend to the concept's learned "
-                "key/value prefix (CatVersion, Zhao et al. 2023). Prompt with the concept's class word "
-                "(e.g. 'teddybear on the beach'); encode the negative prompt with the original CLIP, as the "
-                "authors do. Chain two Apply nodes for two concepts."
+                "Teaches the CLIP your CatVersion concept (Zhao et al. 2023): returns a copy of an SD1.x CLIP that "
+                "draws the subject whenever the prompt names its kind, e.g. 'teddybear on the beach' (no placeholder "
+                "word). Encode the positive prompt with this CLIP and the negative prompt with the original CLIP, as "
+                "the authors do. Chain two Apply nodes for two concepts."
             ),
             inputs=[
-                io.Clip.Input("clip", tooltip="An SD1.x CLIP (keep the last layer at -1: the prefixes sit in layers 9-11)."),
-                CatVersionType.Input("catversion"),
+                io.Clip.Input("clip", tooltip="The CLIP of an SD1.x checkpoint. Leave CLIP Set Last Layer at -1: the "
+                                              "concept lives in the last three layers."),
+                CatVersionType.Input("catversion", tooltip="From CatVersion Adapter Loader or CatVersion Train Concept."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.05,
-                               tooltip="1 = the paper. Multiplies the prefix's attention weight before the softmax; "
-                                       "0 removes it."),
+                               tooltip="How strongly the concept shows: 1 as in the paper, 0 turns it off, "
+                                       "above 1 stronger."),
             ],
-            outputs=[io.Clip.Output()],
+            outputs=[io.Clip.Output(tooltip="For the positive prompt's CLIP Text Encode.")],
         )
 
     @classmethod
@@ -67,7 +74,7 @@ class CatVersionTrain(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         recipe = CatVersionRecipe()
-        return io.Schema(
+        return schema(search_aliases=TRAIN_ALIASES,
             node_id="CatVersionTrain",
             display_name="CatVersion Train Concept",
             category=CATVERSION_CATEGORY,

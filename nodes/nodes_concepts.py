@@ -12,25 +12,27 @@ class ELITESaveConcept(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return schema(
-            search_aliases=["elite", "save embedding", "export textual inversion"],
+            search_aliases=["elite", "save concept", "save subject", "save embedding", "textual inversion",
+                            "export textual inversion"],
             node_id="ELITESaveConcept",
             display_name="ELITE Save Concept",
             category=CATEGORY,
             description=(
-                "Saves an encoded concept (its words, local tokens and which mappers made them) to "
-                "models/elite_concepts/<name>_00001.safetensors; a new number each time, nothing is overwritten. "
-                "With export_embedding, the primary word also goes to models/embeddings/ with the same name, "
-                "for 'embedding:<name>' in CLIP Text Encode (ELITE's K/V patch is still needed for full fidelity)."
+                "Keeps a concept so you can use it again without the photo: saves it to "
+                "models/elite_concepts/<name>_00001.safetensors (a new number each time, nothing is overwritten), "
+                "for ELITE Load Concept. With export_embedding, its word also goes to models/embeddings/ as a "
+                "textual-inversion embedding, for 'embedding:<name>_00001' in CLIP Text Encode (the full likeness "
+                "still needs ELITE Attention Patch)."
             ),
             inputs=[
-                ConceptType.Input("concept"),
+                ConceptType.Input("concept", tooltip="The concept, from ELITE Encoder."),
                 io.String.Input("filename_prefix", default="elite_concept",
-                                tooltip="Letters, digits, '.', '_' and '-'; a counter is added."),
+                                tooltip="The file's name: letters, digits, '.', '_' and '-'; a counter is added."),
                 io.Boolean.Input("export_embedding", default=True,
-                                 tooltip="Also write the primary word as a textual-inversion embedding."),
-                io.Image.Input("image", optional=True, tooltip="The concept image, kept as a small preview."),
+                                 tooltip="Also save the concept's word as a textual-inversion embedding."),
+                io.Image.Input("image", optional=True, tooltip="Optional: the concept photo, kept as a small preview."),
             ],
-            outputs=[io.String.Output(display_name="concept_name")],
+            outputs=[io.String.Output(display_name="concept_name", tooltip="The saved file's name.")],
             is_output_node=True,
         )
 
@@ -45,23 +47,28 @@ class ELITESaveConcept(io.ComfyNode):
 class ELITELoadConcept(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["elite", "load concept", "saved concept", "load subject", "load embedding",
+                            "textual inversion"],
             node_id="ELITELoadConcept",
             display_name="ELITE Load Concept",
             category=CATEGORY,
             description=(
-                "Loads a concept saved by ELITE Save Concept, without encoding the image again. Connect the "
-                "mapper files it was made with (they hold the K/V weights sampling needs); other mappers are "
-                "refused with their names."
+                "Loads a concept saved by ELITE Save Concept: the same concept, without the photo or encoding it "
+                "again. Connect the mapper files it was made with (they hold ELITE's attention weights); other "
+                "mappers are refused with the right file's name."
             ),
             inputs=[
                 io.Combo.Input("concept_name", options=comfy_concepts.concept_file_names(),
-                               tooltip="A concept file in models/elite_concepts."),
-                GlobalMapperType.Input("global_mapper"),
+                               tooltip="A saved concept in models/elite_concepts."),
+                GlobalMapperType.Input("global_mapper", tooltip="From ELITE Global Mapper Loader: the file the "
+                                                                "concept was made with."),
                 LocalMapperType.Input("local_mapper", optional=True,
-                                      tooltip="Needed for the concept's local tokens."),
+                                      tooltip="Optional, from ELITE Local Mapper Loader: needed for the concept's "
+                                              "fine detail."),
             ],
-            outputs=[ConceptType.Output(display_name="concept")],
+            outputs=[ConceptType.Output(display_name="concept",
+                                        tooltip="To ELITE Conditioning and ELITE Attention Patch.")],
         )
 
     @classmethod

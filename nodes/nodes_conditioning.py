@@ -4,7 +4,7 @@ from comfy_api.latest import io
 
 from ..elite_core.comfyui import elite as comfy_elite
 from ..elite_core.common.checks import ELITEInputError
-from .elite_types import CATEGORY, ConceptType, advanced, schema
+from .elite_types import CATEGORY, ConceptType, expert, schema
 
 WORD_MODES = ("primary word", "all five words")
 
@@ -20,39 +20,45 @@ class ELITEConditioning(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return schema(
-            search_aliases=["elite", "concept prompt", "placeholder", "personalize"],
+            search_aliases=["elite", "concept prompt", "placeholder", "personalize", "subject", "textual inversion",
+                            "text encode concept"],
             node_id="ELITEConditioning",
             display_name="ELITE Conditioning",
             category=CATEGORY,
             description=(
-                "Encodes the prompt like CLIP Text Encode, with the concept's word embedding in place "
-                "of the placeholder token (default S). Prompt weights such as (S:1.2) and prompts "
-                "longer than 77 tokens work."
+                "Your prompt with the concept in it: works like CLIP Text Encode, with the concept's word in place of "
+                "the placeholder (S by default: 'a photo of S on the beach'). Connect the output to the sampler's "
+                "positive AND to ELITE Attention Patch's positive. Prompt weights such as (S:1.2) and long prompts work."
             ),
             inputs=[
-                io.Clip.Input("clip", tooltip="An SD1.x CLIP."),
-                ConceptType.Input("concept"),
-                io.String.Input("text", multiline=True, dynamic_prompts=True, default="a photo of S"),
+                io.Clip.Input("clip", tooltip="The CLIP of an SD1.x checkpoint."),
+                ConceptType.Input("concept", tooltip="The concept, from ELITE Encoder or ELITE Load Concept."),
+                io.String.Input("text", multiline=True, dynamic_prompts=True, default="a photo of S",
+                                tooltip="The prompt. Write the placeholder (S) where the concept goes."),
                 io.String.Input(
                     "placeholder",
                     default="S",
-                    tooltip="The word in the prompt that stands for the concept. Every occurrence is replaced.",
+                    tooltip="The word in the prompt that stands for the concept (one short word). Every occurrence "
+                            "is replaced.",
                 ),
-                io.Combo.Input(
+                expert(io.Combo.Input(
                     "words",
                     options=list(WORD_MODES),
                     default=WORD_MODES[0],
                     tooltip=(
-                        "primary word: the reference default (w0 from the last CLIP layer). all five "
-                        "words: the placeholder becomes five tokens, one per CLIP layer."
+                        "primary word: ELITE's default, one word for the concept. all five words: the placeholder "
+                        "becomes all five of the concept's words (ELITE's 'full' option; one concept only)."
                     ),
-                ),
+                )),
                 ConceptType.Input("concept_2", optional=True,
-                                  tooltip="A second concept in the same prompt, at its own placeholder."),
-                io.String.Input("placeholder_2", default="T", optional=True, **advanced(),
-                                tooltip="The second concept's placeholder word (not the first's)."),
+                                  tooltip="Optional: a second concept in the same prompt, written as T (e.g. 'a photo "
+                                          "of S and T'). Then use one ELITE Attention Patch per concept."),
+                expert(io.String.Input("placeholder_2", default="T", optional=True,
+                                       tooltip="The second concept's placeholder word (not the first's). Shown while "
+                                               "a second concept is connected.")),
             ],
-            outputs=[io.Conditioning.Output()],
+            outputs=[io.Conditioning.Output(tooltip="To the sampler's positive AND to ELITE Attention Patch's "
+                                                    "positive.")],
         )
 
     @classmethod

@@ -3,39 +3,44 @@
 from comfy_api.latest import io
 
 from ..elite_core.comfyui import elite as comfy_elite
-from .elite_types import CATEGORY, ConceptType, GlobalMapperType, LocalMapperType, advanced, schema
+from .elite_types import CATEGORY, ConceptType, GlobalMapperType, LocalMapperType, expert, schema
 
 
 class ELITEEncoder(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return schema(
-            search_aliases=["elite", "encode concept", "image to word", "personalize", "subject"],
+            search_aliases=["elite", "reference image", "subject", "personalize", "ip adapter", "image prompt",
+                            "encode concept", "image to word"],
             node_id="ELITEEncoder",
             display_name="ELITE Encoder",
             category=CATEGORY,
             description=(
-                "Encodes a concept image with CLIP ViT-L/14: the global mapper gives five word "
-                "embeddings (word 0 is the primary word); the optional local mapper gives 256 "
-                "object tokens for the local attention branch. The image is squashed to 224x224 "
-                "without cropping, as in the reference: crop it around the object first."
+                "Turns one photo of your subject (the reference image) into a concept, in one step and without "
+                "training: a word for the prompt (from the global mapper) and, with the local mapper, the fine "
+                "detail ELITE Attention Patch copies. The photo is squashed to a square without cropping: crop it "
+                "around the subject first (ELITE Prepare Concept does it)."
             ),
             inputs=[
-                io.ClipVision.Input("clip_vision", tooltip="CLIP ViT-L/14 vision model."),
-                GlobalMapperType.Input("global_mapper"),
-                io.Image.Input("image", tooltip="The concept image, object centred."),
-                LocalMapperType.Input("local_mapper", optional=True, tooltip="Adds ELITE's local mapping."),
+                io.ClipVision.Input("clip_vision", tooltip="CLIP ViT-L/14 vision, from Load CLIP Vision "
+                                                           "(clip-vit-large-patch14); other CLIP vision models are refused."),
+                GlobalMapperType.Input("global_mapper", tooltip="From ELITE Global Mapper Loader."),
+                io.Image.Input("image", tooltip="The photo of your subject, cropped around it (ELITE Prepare Concept)."),
+                LocalMapperType.Input("local_mapper", optional=True,
+                                      tooltip="Optional, from ELITE Local Mapper Loader: adds the subject's fine detail."),
                 io.Mask.Input(
                     "mask", optional=True,
-                    tooltip="Object mask, 1 on the object (used by the local mapping). "
-                            "Without a mask the whole image is the object.",
+                    tooltip="Optional: the subject's mask, white on the subject (used for the fine detail). "
+                            "Without one the whole photo is the subject.",
                 ),
-                io.Boolean.Input(
-                    "invert_mask", default=False, **advanced(),
-                    tooltip="Turn on for a MASK from Load Image, which is 1 on transparent (background) pixels.",
-                ),
+                expert(io.Boolean.Input(
+                    "invert_mask", default=False,
+                    tooltip="Turn on for Load Image's MASK, which is white on the transparent background. "
+                            "Off for ELITE Prepare Concept's mask.",
+                )),
             ],
-            outputs=[ConceptType.Output(display_name="concept")],
+            outputs=[ConceptType.Output(display_name="concept",
+                                        tooltip="To ELITE Conditioning and ELITE Attention Patch (and ELITE Save Concept).")],
         )
 
     @classmethod

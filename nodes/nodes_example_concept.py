@@ -3,23 +3,26 @@
 from comfy_api.latest import io
 
 from ..elite_core.elite import examples
-from .elite_types import CATEGORY
+from .elite_types import CATEGORY, schema
 
 
 class ELITEExampleConcept(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["elite", "example image", "sample concept", "reference image", "subject", "demo"],
             node_id="ELITEExampleConcept",
             display_name="ELITE Example Concept",
             category=CATEGORY,
             description=(
-                "A concept photo shipped with the pack (ELITE's own test images, Apache-2.0) and its object "
-                "mask (1 on the object), so the example workflows run as they are. Replace it with Load Image "
-                "for your own concept."
+                "A ready-made concept photo shipped with the pack (a cat, a dog or a flower: ELITE's own test "
+                "images, Apache-2.0) and its mask, so the templates run without any photo of yours. For your own "
+                "subject, use Load Image and ELITE Prepare Concept instead."
             ),
-            inputs=[io.Combo.Input("example", options=list(examples.EXAMPLES), default="cat")],
-            outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
+            inputs=[io.Combo.Input("example", options=list(examples.EXAMPLES), default="cat",
+                                   tooltip="Which example photo.")],
+            outputs=[io.Image.Output(display_name="image", tooltip="The photo, to ELITE Encoder's image."),
+                     io.Mask.Output(display_name="mask", tooltip="White on the subject, to ELITE Encoder's mask.")],
         )
 
     @classmethod

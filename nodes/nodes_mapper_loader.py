@@ -8,7 +8,7 @@ pack's message: where it looked, what is there, where to put the file.
 from comfy_api.latest import io
 
 from ..elite_core.comfyui import elite as comfy_elite
-from .elite_types import CATEGORY, GlobalMapperType, LocalMapperType
+from .elite_types import CATEGORY, GlobalMapperType, LocalMapperType, schema
 
 
 class _MapperLoader(io.ComfyNode):
@@ -19,7 +19,7 @@ class _MapperLoader(io.ComfyNode):
         return io.Combo.Input(
             "mapper_name",
             options=comfy_elite.mapper_file_names(),
-            tooltip=f"The {cls.KIND} mapper file in models/elite ({cls.KIND}_mapper.pt or its .safetensors conversion).",
+            tooltip=f"The {cls.KIND} mapper file in models/elite ({cls.KIND}_mapper.pt, or its .safetensors conversion).",
         )
 
     @classmethod
@@ -33,17 +33,20 @@ class ELITEGlobalMapperLoader(_MapperLoader):
 
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["elite", "elite model", "load elite", "mapper loader", "global mapper", "ip adapter model",
+                            "personalize"],
             node_id="ELITEGlobalMapperLoader",
             display_name="ELITE Global Mapper Loader",
             category=CATEGORY,
             description=(
-                "Loads ELITE's global mapper (global_mapper.pt) from models/elite. It maps a CLIP "
-                "ViT-L/14 image to word embeddings and carries ELITE's fine-tuned cross-attention "
-                "K/V weights."
+                "Loads ELITE's main model file, the global mapper (global_mapper.pt from ELITE-library/ELITE), from "
+                "models/elite. It turns the concept photo into a word for the prompt and holds ELITE's attention "
+                "weights; every ELITE graph needs it."
             ),
             inputs=[cls.mapper_input()],
-            outputs=[GlobalMapperType.Output(display_name="global_mapper")],
+            outputs=[GlobalMapperType.Output(display_name="global_mapper",
+                                             tooltip="To ELITE Encoder (or ELITE Load Concept).")],
         )
 
     @classmethod
@@ -56,16 +59,19 @@ class ELITELocalMapperLoader(_MapperLoader):
 
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
+            search_aliases=["elite", "elite model", "load elite", "mapper loader", "local mapper", "fine detail"],
             node_id="ELITELocalMapperLoader",
             display_name="ELITE Local Mapper Loader",
             category=CATEGORY,
             description=(
-                "Loads ELITE's local mapper (local_mapper.pt) from models/elite. It maps the masked "
-                "object's CLIP patches to 256 tokens that every cross-attention layer attends to."
+                "Loads ELITE's second model file, the local mapper (local_mapper.pt from ELITE-library/ELITE), from "
+                "models/elite. It carries the subject's fine detail (textures, patterns, markings) into the picture; "
+                "without it ELITE uses the word alone."
             ),
             inputs=[cls.mapper_input()],
-            outputs=[LocalMapperType.Output(display_name="local_mapper")],
+            outputs=[LocalMapperType.Output(display_name="local_mapper",
+                                            tooltip="To ELITE Encoder (or ELITE Load Concept).")],
         )
 
     @classmethod

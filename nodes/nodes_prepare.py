@@ -4,39 +4,40 @@ the encoder sees."""
 from comfy_api.latest import io, ui
 
 from ..elite_core.elite import concept_prep
-from .elite_types import CATEGORY, advanced, schema
+from .elite_types import CATEGORY, expert, schema
 
 
 class ELITEPrepareConcept(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return schema(
-            search_aliases=["elite", "crop object", "prepare concept image"],
+            search_aliases=["elite", "reference image", "subject", "crop subject", "crop object",
+                            "prepare concept image"],
             node_id="ELITEPrepareConcept",
             display_name="ELITE Prepare Concept",
             category=CATEGORY,
             description=(
-                "Crops the concept photo around its object (with a margin) so the object fills ELITE's "
-                "224x224 CLIP input, and fixes the mask polarity. The preview shows the exact CLIP input "
-                "and, beside it, the 16x16 patches the local branch keeps (dropped ones darkened). Feed "
-                "both outputs to ELITE Encoder (invert_mask off)."
+                "Crops your photo around the subject (with a margin) so the subject fills the square ELITE looks "
+                "at, and makes the mask white on the subject. The preview shows exactly what ELITE sees and, beside "
+                "it, the parts of the subject it copies detail from (the rest darkened). Connect both outputs to "
+                "ELITE Encoder (invert_mask off)."
             ),
             inputs=[
-                io.Image.Input("image", tooltip="One photo of the concept."),
+                io.Image.Input("image", tooltip="One photo of your subject."),
                 io.Mask.Input("mask", optional=True,
-                              tooltip="The object's mask, or Load Image's MASK (its alpha). Without one the whole "
-                                      "photo is the object."),
+                              tooltip="Optional: the subject's mask, painted or Load Image's MASK (a cut-out PNG's "
+                                      "transparency). Without one the whole photo is the subject."),
                 io.Float.Input("margin", default=0.1, min=0.0, max=2.0, step=0.01,
-                               tooltip="Space kept around the object, as a fraction of its height and width."),
+                               tooltip="Space kept around the subject, as a fraction of its height and width."),
                 io.Combo.Input("fit", options=list(concept_prep.FITS), default="squash",
-                               tooltip="squash: leave the crop as it is; the encoder squashes it to a square as "
-                                       "the reference does. pad: pad the crop to a square with black, keeping "
-                                       "the object's proportions."),
-                io.Combo.Input("mask_polarity", options=list(concept_prep.POLARITIES), default="auto", **advanced(),
-                               tooltip="auto: the side of the mask that covers most of the photo's border is "
-                                       "the background (works for Load Image's alpha and painted masks)."),
+                               tooltip="squash: keep the crop; ELITE Encoder squashes it to a square, as ELITE does. "
+                                       "pad: add black bars to make it square, keeping the subject's proportions."),
+                expert(io.Combo.Input("mask_polarity", options=list(concept_prep.POLARITIES), default="auto",
+                                      tooltip="auto: the side of the mask that touches most of the photo's border "
+                                              "is the background (works for Load Image's MASK and painted masks).")),
             ],
-            outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
+            outputs=[io.Image.Output(display_name="image", tooltip="The cropped photo, to ELITE Encoder's image."),
+                     io.Mask.Output(display_name="mask", tooltip="White on the subject, to ELITE Encoder's mask.")],
         )
 
     @classmethod

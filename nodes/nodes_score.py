@@ -1,12 +1,12 @@
-"""ELITEScore: the papers' metrics inside a workflow. Scores an IMAGE batch against the concept
+"""ELITE Score: the papers' metrics inside a workflow. Scores an IMAGE batch against the concept
 image (CLIP-I, DINO-I, masked CLIP-I) and the prompt (CLIP-T), so settings can be compared."""
 
 from comfy_api.latest import io, ui
 
 from ..elite_core.comfyui import scoring as comfy_scoring
-from .elite_types import CATEGORY, advanced, schema
+from .elite_types import CATEGORY, expert, schema
 
-NOT_SCORED = "-1 when not scored (no model for it, no reference mask, or an empty prompt)."
+NOT_SCORED = "-1 when not scored (no model for it, no concept mask, or an empty prompt)."
 TITLES = {"clip_t": "CLIP-T", "clip_i": "CLIP-I", "masked_clip_i": "masked CLIP-I", "dino_i": "DINO-I"}
 
 
@@ -21,45 +21,59 @@ def score_report(scores: dict[str, list[float]]) -> str:
     return "\n".join(lines) if lines else "no metric: choose a CLIP and/or a DINO model"
 
 
-class ELITEScore(io.ComfyNode):
+class _ScoreNode(io.ComfyNode):
+    # Two registered nodes share this schema: ELITE Score and its first id (ComfyUI caches a schema's
+    # values on the class that registers it, so neither subclasses the other).
+    SCORE_ID = ""
+    SCORE_NAME = ""
+    OLD_ID = False
+
     @classmethod
     def define_schema(cls):
         names = comfy_scoring.encoder_names()
+        description = (
+            "Measures how well the pictures match the prompt (CLIP-T) and how much they look like the concept photo "
+            "(CLIP-I, DINO-I; masked CLIP-I ignores the background), with the numbers the ELITE and DreamBooth "
+            "papers report, so settings such as λ can be compared on your own subject. Needs the metric models in "
+            "models/elite_eval (CLIP ViT-B/32, DINO ViT-S/16); nothing is downloaded."
+        )
+        if cls.OLD_ID:
+            description = ("The old id of ELITE Score, kept so saved workflows still run; hidden from search. Add "
+                           "ELITE Score in its place. " + description)
         return schema(
-            search_aliases=["elite", "clip score", "dino score", "dreambench", "evaluate", "likeness"],
-            node_id="ELITEScore",
-            display_name="ELITE Score (CLIP-T, CLIP-I, DINO-I)",
+            search_aliases=["elite", "clip score", "dino score", "dreambench", "evaluate", "likeness",
+                            "subject fidelity", "compare settings"],
+            node_id=cls.SCORE_ID,
+            display_name=cls.SCORE_NAME,
             category=CATEGORY,
-            description=(
-                "Scores images against the concept image and the prompt with the papers' metrics (raw cosines): "
-                "CLIP-T (prompt fidelity), CLIP-I and DINO-I (subject fidelity), and masked CLIP-I (the "
-                "background ignored). Encoders from models/elite_eval: CLIP ViT-B/32 and DINO ViT-S/16 as the "
-                "papers use, as Hugging Face folders or model.safetensors files."
-            ),
+            description=description,
+            is_deprecated=cls.OLD_ID,
             inputs=[
-                io.Image.Input("images", tooltip="The generated images to score."),
-                io.Image.Input("reference", tooltip="The concept image(s); each image is compared with each."),
+                io.Image.Input("images", tooltip="The generated pictures to score."),
+                io.Image.Input("reference", tooltip="The concept photo(s); each picture is compared with each."),
                 io.String.Input("prompt", default="",
-                                tooltip="For CLIP-T: the prompt with the concept's class noun instead of S "
+                                tooltip="For CLIP-T: the prompt with the subject's plain name instead of S "
                                         "(e.g. 'a cat on the beach'). Empty: no CLIP-T."),
                 io.Combo.Input("clip_model", options=[comfy_scoring.NONE] + names,
-                               tooltip="CLIP for CLIP-T, CLIP-I and masked CLIP-I (ViT-B/32 as the papers)."),
+                               tooltip="The CLIP model for CLIP-T, CLIP-I and masked CLIP-I (ViT-B/32, as the "
+                                       "papers), from models/elite_eval."),
                 io.Combo.Input("dino_model", options=[comfy_scoring.NONE] + names,
-                               tooltip="DINO ViT-S/16 (or DINOv2) for DINO-I."),
+                               tooltip="The DINO model (ViT-S/16, or DINOv2) for DINO-I, from models/elite_eval."),
                 io.Mask.Input("reference_mask", optional=True,
-                              tooltip="The concept's object mask (1 on the object): adds masked CLIP-I."),
+                              tooltip="Optional: the concept's mask (white on the subject): adds masked CLIP-I."),
                 io.Mask.Input("image_mask", optional=True,
-                              tooltip="Masks of the generated images, e.g. ELITE Attention Map's; without it "
+                              tooltip="Optional: masks of the pictures, e.g. ELITE Attention Map's; without one "
                                       "they are scored whole."),
-                io.Boolean.Input("crop_to_mask", default=False, **advanced(),
-                                 tooltip="Masked CLIP-I on the object's box only (the background filled white)."),
+                expert(io.Boolean.Input("crop_to_mask", default=False,
+                                        tooltip="Masked CLIP-I on the subject's box only (the background white).")),
             ],
             outputs=[
-                io.Float.Output(display_name="clip_t", tooltip=f"Batch mean; {NOT_SCORED}"),
-                io.Float.Output(display_name="clip_i", tooltip=f"Batch mean; {NOT_SCORED}"),
-                io.Float.Output(display_name="dino_i", tooltip=f"Batch mean; {NOT_SCORED}"),
-                io.Float.Output(display_name="masked_clip_i", tooltip=f"Batch mean; {NOT_SCORED}"),
-                io.String.Output(display_name="report"),
+                io.Float.Output(display_name="clip_t", tooltip=f"Matches the prompt: batch mean; {NOT_SCORED}"),
+                io.Float.Output(display_name="clip_i", tooltip=f"Looks like the concept (CLIP): batch mean; {NOT_SCORED}"),
+                io.Float.Output(display_name="dino_i", tooltip=f"Looks like the concept (DINO): batch mean; {NOT_SCORED}"),
+                io.Float.Output(display_name="masked_clip_i",
+                                tooltip=f"Looks like the concept, background ignored: batch mean; {NOT_SCORED}"),
+                io.String.Output(display_name="report", tooltip="Every picture's numbers as text, also shown on the node."),
             ],
             is_output_node=True,
         )
@@ -88,3 +102,19 @@ class ELITEScore(io.ComfyNode):
         report = score_report(scores)
         return io.NodeOutput(means.get("clip_t", -1.0), means.get("clip_i", -1.0), means.get("dino_i", -1.0),
                              means.get("masked_clip_i", -1.0), report, ui=ui.PreviewText(report))
+
+
+class ELITEScore(_ScoreNode):
+    # The frontend lists the nodes whose id or name starts with what was typed, shortest first: under its
+    # first id, "ELITEScore", the shortest of the pack, a search for "elite" listed this evaluation node first.
+    SCORE_ID = "ELITEEvaluationScore"
+    SCORE_NAME = "ELITE Score (CLIP-T, CLIP-I, DINO-I)"
+
+
+class ELITEScoreOldId(_ScoreNode):
+    """ELITE Score under its first id, so workflows saved with it load and run as before; the frontend
+    hides deprecated nodes from search and the node library."""
+
+    SCORE_ID = "ELITEScore"
+    SCORE_NAME = "ELITE Score (old)"
+    OLD_ID = True
