@@ -24,7 +24,7 @@ import folder_paths
 import nodes
 
 from elite_test_pack.comfy_server import running_server
-from elite_test_pack.workflows import api_workflow
+from elite_test_pack.workflows import EXAMPLES, api_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "web" / "docs"
@@ -230,9 +230,12 @@ def test_the_help_page_lists_every_input_and_output_as_object_info_has_them(node
     assert not problems, f"web/docs/{node_id}.md:\n  " + "\n  ".join(problems)
 
 
-def test_every_help_page_belongs_to_a_node():
+def test_every_help_page_belongs_to_a_node_and_names_templates_that_exist():
     stale = sorted(p.stem for p in DOCS.glob("*.md") if p.stem not in pack_node_ids())
     assert not stale, f"web/docs pages of no node: {stale}"
+    for page in sorted(DOCS.glob("*.md")):
+        named = re.findall(r"`(\d+_\w+)` template", page.read_text(encoding="utf-8"))
+        assert set(named) <= set(EXAMPLES), f"{page.name} names a template that is not shipped: {named}"
 
 
 def test_the_page_check_finds_what_is_missing_or_stale(tmp_path, monkeypatch):
@@ -370,7 +373,15 @@ def _frontend_report(url: str, files: list[Path]) -> dict:
     return json.loads(done.stdout)
 
 
-LOADED = ["elite_global_local", "elite_two_concepts", "elite_prepare_from_photo"]
+def _template(stem: str) -> str:
+    """A shipped template by its name without the number that orders the template browser."""
+    (name,) = [name for name in EXAMPLES if re.fullmatch(rf"\d+_{stem}", name)]
+    return name
+
+
+GLOBAL_LOCAL, TWO_CONCEPTS, PREPARE = (_template(s) for s in ("elite_global_local", "elite_two_concepts",
+                                                               "elite_prepare_from_photo"))
+LOADED = [GLOBAL_LOCAL, TWO_CONCEPTS, PREPARE]
 
 
 @pytest.fixture(scope="module")
@@ -416,8 +427,8 @@ def test_a_fresh_node_shows_no_expert_setting_and_one_placeholder(frontend):
 def test_the_second_placeholder_shows_while_a_second_concept_is_connected(frontend):
     assert frontend["second_connected"] == ["text", "placeholder", "placeholder_2"]
     assert frontend["second_disconnected"] == ["text", "placeholder"]
-    assert _shown(frontend, "elite_two_concepts", "ELITEConditioning") == [["text", "placeholder", "placeholder_2"]]
-    assert _shown(frontend, "elite_global_local", "ELITEConditioning") == [["text", "placeholder"]]
+    assert _shown(frontend, TWO_CONCEPTS, "ELITEConditioning") == [["text", "placeholder", "placeholder_2"]]
+    assert _shown(frontend, GLOBAL_LOCAL, "ELITEConditioning") == [["text", "placeholder"]]
     # an older save with a changed second placeholder shows it, and keeps it
     assert _shown(frontend, "changed_second_placeholder", "ELITEConditioning") == [["text", "placeholder", "placeholder_2"]]
     prompt = frontend["loaded"]["changed_second_placeholder"]["prompt"]
@@ -426,9 +437,9 @@ def test_the_second_placeholder_shows_while_a_second_concept_is_connected(fronte
 
 def test_a_saved_node_with_a_changed_expert_setting_opens_with_it_shown(frontend):
     # the Prepare Concept template records the attention map (attention_map on)
-    assert _shown(frontend, "elite_prepare_from_photo", "ELITELocalAttnPatch") == [
+    assert _shown(frontend, PREPARE, "ELITELocalAttnPatch") == [
         ["strength", "start_percent", "end_percent", "global_kv", "attention_map"]]
-    assert _shown(frontend, "elite_global_local", "ELITELocalAttnPatch") == [["strength"]]
+    assert _shown(frontend, GLOBAL_LOCAL, "ELITELocalAttnPatch") == [["strength"]]
 
 
 def test_hidden_widgets_keep_their_values_in_the_prompt(frontend):
