@@ -320,7 +320,7 @@ def _upscaler(shapes: Shapes, metadata: Mapping[str, str]) -> FileKind | None:
     keys = list(shapes)
     if not ("conv_first.weight" in shapes or any(".RDB1." in k or "RRDB_trunk." in k or ".rdb1." in k for k in keys)):
         return None
-    return FileKind("upscaler", "an upscale model (ESRGAN family)",
+    return FileKind("upscaler", "an upscale model",
                     "It belongs in models/upscale_models: load it with Load Upscale Model and use it with Upscale "
                     "Image (using Model).")
 
