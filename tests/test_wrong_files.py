@@ -437,7 +437,7 @@ def placed():
 
 def test_global_mapper_loader_node_says_lora(placed):
     name = placed(ELITE_MODELS, "kohya LoRA")
-    prompt = tiny_prompt("elite_global")
+    prompt = tiny_prompt("01_elite_global")
     prompt[node_id(prompt, "ELITEGlobalMapperLoader")]["inputs"]["mapper_name"] = name
     shown = failure(prompt)
     assert shown.startswith("ELITEGlobalMapperLoader: 'add_detail.safetensors' is not an ELITE mapper: it is a LoRA")
@@ -446,7 +446,7 @@ def test_global_mapper_loader_node_says_lora(placed):
 
 def test_catversion_loader_node_says_embedding(placed):
     name = placed(CATVERSION_MODELS, "A1111 embedding .pt")
-    prompt = tiny_prompt("catversion_teddybear")
+    prompt = tiny_prompt("07_catversion_teddybear")
     prompt[node_id(prompt, "CatVersionLoader")]["inputs"]["adapter_name"] = name
     shown = failure(prompt)
     assert shown.startswith("CatVersionLoader: 'bad_hands.pt' is not a CatVersion adapter: it is a textual-inversion "
