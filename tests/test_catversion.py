@@ -215,7 +215,8 @@ def test_a_clip_that_is_not_sd1_clip_l_is_refused(catversion_data):
 
 def test_other_files_are_refused_with_what_they_hold(tmp_path):
     with pytest.raises(CatVersionFormatError,
-                       match=r"'tiny_global_mapper.safetensors' is not a CatVersion adapter: its format is 'elite_mapper'"):
+                       match=r"'tiny_global_mapper.safetensors' is not a CatVersion adapter: it is an ELITE global "
+                             r"mapper. It belongs in models/elite: load it with ELITE Global Mapper Loader."):
         read_catversion_file(str(ELITE_MODELS / TINY_GLOBAL_MAPPER))
     empty = tmp_path / "empty.bin"
     empty.write_bytes(b"")

@@ -111,7 +111,7 @@ def test_convert_cli_reports_bad_input(tmp_path, caplog):
     src = tmp_path / "not_a_mapper.safetensors"
     save_file_like_sd_checkpoint(src)
     assert convert.main([str(src), str(tmp_path / "out.safetensors")]) == 1
-    assert "Not an ELITE mapper" in caplog.text
+    assert "'not_a_mapper.safetensors' is not an ELITE mapper: it is a Stable Diffusion checkpoint" in caplog.text
 
 
 def save_file_like_sd_checkpoint(path):
@@ -130,8 +130,9 @@ def test_refuses_a_stable_diffusion_checkpoint_with_a_description(tmp_path):
     with pytest.raises(MapperFormatError) as err:
         load_mapper_state_dict(str(path))
     message = str(err.value)
-    assert "v1-5-pruned.safetensors" in message and "Not an ELITE mapper" in message
-    assert "'model' (2)" in message and "132 tensors" in message
+    assert message.startswith("'v1-5-pruned.safetensors' is not an ELITE mapper: it is a Stable Diffusion checkpoint.")
+    assert "It belongs in models/checkpoints: load it with Load Checkpoint." in message
+    assert "read global_mapper.pt and local_mapper.pt (or their .safetensors conversions) from models/elite/" in message
 
 
 def test_refuses_missing_and_unexpected_keys(tmp_path, global_mapper_state):

@@ -115,8 +115,10 @@ class _FakeVision:
 @pytest.mark.parametrize(
     "geometry, message",
     [
-        ((32, 257, 1280), "ELITE needs CLIP ViT-L/14 (24 layers, 257 tokens at 224 px); this CLIP vision model has 32 layers"),
-        ((12, 197, 768), "has 12 layers and 197 tokens"),
+        ((32, 257, 1280), "This CLIP vision model is ViT-H/14 (32 layers, 1280 wide; the one IP-Adapter uses); ELITE "
+                          "needs CLIP ViT-L/14 (24 layers, 257 tokens at 224 px, 1024 wide)"),
+        ((12, 197, 768), "is ViT-B/16 (12 layers, 768 wide"),
+        ((20, 101, 512), "is of a size ELITE does not use (20 layers, 512 wide, 101 tokens)"),
         ((24, 257, 128), "is 128 wide, but the ELITE mapper expects 64-wide features"),
     ],
 )

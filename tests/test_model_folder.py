@@ -50,7 +50,8 @@ def test_loader_refuses_a_file_that_is_not_a_mapper():
     bogus = ELITE_MODELS / "lora_by_mistake.safetensors"
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 4)}, str(bogus))
     try:
-        with pytest.raises(MapperFormatError, match=r"'lora_by_mistake.safetensors': Not an ELITE mapper: found 1 tensors"):
+        with pytest.raises(MapperFormatError, match=r"'lora_by_mistake.safetensors' is not an ELITE mapper: it is a LoRA\. "
+                                                    r"It belongs in models/loras: load it with Load LoRA"):
             ELITELocalMapperLoader.execute("lora_by_mistake.safetensors")
     finally:
         bogus.unlink()

@@ -31,6 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..common.file_kinds import CATVERSION_ADAPTER, recognise, refusal, safetensors_shapes, tensor_shapes
 from ..common.files import TensorFileError, describe_pickle_error, owned, safetensors_metadata
 
 TEXT_WIDTH = 768  # CLIP ViT-L/14 text: 12 heads x 64
@@ -44,6 +45,8 @@ FOLDER = "models/catversion/"
 
 _FLAT_SUFFIX = "clip_text_model_self_prefix.control_trans"
 _LAYER_OF_KEY = re.compile(r"text_model\.encoder\.layers\.(\d+)\.self_attn\.")
+_NEEDED = ("CatVersion Adapter Loader reads the authors' pytorch_adapter.bin (renamed after its concept, e.g. "
+           f"teddybear.bin) or a .safetensors made by CatVersion Train Concept, from {FOLDER}.")
 _EXPECTED = (
     "a CatVersion adapter is the authors' pytorch_adapter.bin (a flat '...clip_text_model_self_prefix."
     "control_trans' vector of 2 x 768 values per layer) or a safetensors file with "
@@ -147,12 +150,19 @@ def prefixed_attention(q, k, v, heads: int, mask, k_prefix, v_prefix, biases, at
 # --------------------------------------------------------------------------- files
 
 
+def _refuse_other_kinds(name: str, shapes, metadata: dict[str, str]) -> None:
+    """Refuse, in words, a file that is recognisably something else (a LoRA, an embedding, an ELITE mapper...)."""
+    found = recognise(shapes, metadata)
+    if found is not None and found.key != CATVERSION_ADAPTER:
+        raise CatVersionFormatError(refusal(name, found, "a CatVersion adapter", _NEEDED))
+
+
 def _layers_from_official_keys(state: dict[str, torch.Tensor], name: str) -> tuple[tuple[int, ...], torch.Tensor]:
     flats = {key: t for key, t in state.items() if key.endswith(_FLAT_SUFFIX)}
     if not flats:
         found = ", ".join(list(state)[:3]) or "nothing"
         raise CatVersionFormatError(
-            f"'{name}' is not a CatVersion adapter: it holds {len(state)} tensors ({found}); {_EXPECTED}.")
+            f"'{name}' is not a CatVersion adapter: it holds {len(state)} tensors ({found}); {_EXPECTED}. {_NEEDED}")
     layers = sorted({int(m.group(1)) for key in flats for m in [_LAYER_OF_KEY.search(key)] if m})
     first = next(iter(flats.values()))
     if any(t.shape != first.shape or not torch.equal(t, first) for t in flats.values()):
@@ -179,6 +189,7 @@ def read_official_adapter(path: str) -> CatVersionPrefix:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for damaged or unsafe files
         raise CatVersionFormatError(describe_pickle_error(path, exc, "CatVersion adapters", FOLDER)) from exc
+    _refuse_other_kinds(name, tensor_shapes(state), {})
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise CatVersionFormatError(f"'{name}' holds a {type(state).__name__}, not a dict of tensors; {_EXPECTED}.")
     return _official_prefix(owned(state), name)
@@ -187,15 +198,17 @@ def read_official_adapter(path: str) -> CatVersionPrefix:
 def read_catversion_safetensors(path: str) -> CatVersionPrefix:
     name = os.path.basename(path)
     metadata = safetensors_metadata(path, FOLDER, CatVersionFormatError)
+    shapes = safetensors_shapes(path)
+    _refuse_other_kinds(name, shapes, metadata)
+    if metadata.get("format") != SAFETENSORS_FORMAT and not any(key.endswith(_FLAT_SUFFIX) for key in shapes):
+        raise CatVersionFormatError(
+            f"'{name}' is not a CatVersion adapter: its format is {metadata.get('format', 'not recorded')!r} and "
+            f"it holds {len(shapes)} tensors (e.g. {next(iter(shapes), 'none')}); {_EXPECTED}. {_NEEDED}"
+        )
     with safe_open(path, framework="pt", device="cpu") as f:
         tensors = owned({key: f.get_tensor(key) for key in f.keys()})
     if metadata.get("format") != SAFETENSORS_FORMAT:
-        if any(key.endswith(_FLAT_SUFFIX) for key in tensors):
-            return _official_prefix(tensors, name)
-        raise CatVersionFormatError(
-            f"'{name}' is not a CatVersion adapter: its format is {metadata.get('format', 'not recorded')!r} and "
-            f"it holds {len(tensors)} tensors (e.g. {next(iter(tensors), 'none')}); {_EXPECTED}."
-        )
+        return _official_prefix(tensors, name)
     layers = sorted({int(m.group(1)) for key in tensors for m in [_LAYER_OF_KEY.search(key)] if m})
     try:
         keys = torch.stack([tensors[f"text_model.encoder.layers.{i}.self_attn.prefix_key"] for i in layers]).float()

@@ -16,6 +16,7 @@ import comfy.model_patcher
 import folder_paths
 
 from ..common.checks import ELITEInputError, check_image, check_mask
+from ..common.file_kinds import ELITE_CLIP_VISION_FILE
 from ..elite.checkpoint import MAPPER_EXTENSIONS, load_mapper_state_dict
 from ..elite.clip_input import (
     describe_vision_mismatch,
@@ -125,9 +126,11 @@ def _vision_geometry(clip_vision) -> tuple[int, int, int]:
         num_layers = len(vision.encoder.layers)
         num_tokens, width = vision.embeddings.position_embedding.weight.shape
     except AttributeError as exc:
+        found = type(getattr(clip_vision, "model", clip_vision)).__name__
+        what = "a DINO image encoder" if "dino" in found.lower() else f"not a CLIP vision transformer ({found})"
         raise ELITEInputError(
-            "This CLIP_VISION model is not a CLIP vision transformer; ELITE needs CLIP ViT-L/14 "
-            "(e.g. clip-vit-large-patch14 model.safetensors in models/clip_vision)."
+            f"This CLIP_VISION model is {what}; ELITE needs CLIP ViT-L/14: load {ELITE_CLIP_VISION_FILE} "
+            "(in models/clip_vision; see the README's model table) with Load CLIP Vision."
         ) from exc
     return num_layers, num_tokens, width
 

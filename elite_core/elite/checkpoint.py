@@ -20,6 +20,7 @@ from collections import Counter
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..common.file_kinds import ELITE_MAPPERS, recognise, refusal, safetensors_shapes, tensor_shapes
 from ..common.files import (
     PICKLE_EXTENSIONS,
     SAFETENSORS_EXTENSIONS,
@@ -52,8 +53,26 @@ class MapperFormatError(TensorFileError):
 # --------------------------------------------------------------------------- reading
 
 
-def read_tensor_file_with_metadata(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a flat ``{name: tensor}`` dict and its metadata (empty for torch pickles)."""
+def _needed(kind: str | None) -> str:
+    if kind is None:
+        return ("ELITE's mapper loaders read global_mapper.pt and local_mapper.pt (or their .safetensors "
+                f"conversions) from {MODELS_SUBFOLDER}.")
+    return (f"ELITE {kind.capitalize()} Mapper Loader reads {kind}_mapper.pt (or its .safetensors conversion) "
+            f"from {MODELS_SUBFOLDER}.")
+
+
+def _refuse_other_kinds(name: str, shapes, metadata: dict[str, str], kind: str | None) -> None:
+    """Refuse, in words, a file that is recognisably something else (a LoRA, an embedding, a checkpoint...)."""
+    found = recognise(shapes, metadata)
+    if found is not None and found.key not in ELITE_MAPPERS:
+        raise MapperFormatError(refusal(name, found, "an ELITE mapper", _needed(kind)))
+
+
+def read_tensor_file_with_metadata(path: str, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a flat ``{name: tensor}`` dict and its metadata (empty for torch pickles). A file that is
+    recognisably something else is refused in words, a safetensors file before its tensors are read;
+    ``kind`` ('global'/'local', or None) is the loader the message names, and a safetensors mapper
+    recorded as the other kind is refused."""
     name = os.path.basename(path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in MAPPER_EXTENSIONS:
@@ -64,6 +83,8 @@ def read_tensor_file_with_metadata(path: str) -> tuple[dict[str, torch.Tensor], 
         raise MapperFormatError(f"'{name}' is empty (0 bytes). {fetch_again(MODELS_SUBFOLDER)}")
     if ext in SAFETENSORS_EXTENSIONS:
         metadata = safetensors_metadata(path, MODELS_SUBFOLDER, MapperFormatError)
+        _check_kind(name, metadata, kind)
+        _refuse_other_kinds(name, safetensors_shapes(path), metadata, kind)
         try:
             return owned(load_file(path, device="cpu")), metadata
         except Exception as exc:  # safetensors raises its own error types
@@ -73,6 +94,7 @@ def read_tensor_file_with_metadata(path: str) -> tuple[dict[str, torch.Tensor], 
     except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError) as exc:
         raise MapperFormatError(describe_pickle_error(path, exc, "ELITE mappers", MODELS_SUBFOLDER,
                                                      convert="python -m elite_core.convert")) from exc
+    _refuse_other_kinds(name, tensor_shapes(obj), {}, kind)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -186,8 +208,7 @@ def load_mapper_state_dict(path: str, kind: str | None = None) -> tuple[dict[str
     if kind is not None and kind not in MAPPER_KINDS:
         raise ValueError(f"kind must be one of {MAPPER_KINDS}, got {kind!r}")
     name = os.path.basename(path)
-    state_dict, metadata = read_tensor_file_with_metadata(path)
-    _check_kind(name, metadata, kind)
+    state_dict, _ = read_tensor_file_with_metadata(path, kind)
     state_dict = _strip_common_prefix(state_dict)
     try:
         widths = validate_mapper_state_dict(state_dict)

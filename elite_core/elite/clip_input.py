@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..common.file_kinds import ELITE_CLIP_VISION_FILE, clip_vision_size
 from ..common.images import CLIP_SIZE, clip_normalise, squash_uint8
 
 VIT_L14_LAYERS = 24
@@ -37,16 +38,18 @@ def select_elite_layers(all_hidden: torch.Tensor) -> list[torch.Tensor]:
 
 def describe_vision_mismatch(num_layers: int, num_tokens: int, width: int, mapper_width: int) -> str | None:
     """Why a CLIP vision model cannot feed an ELITE mapper, or None when it can."""
+    load = (f"Load {ELITE_CLIP_VISION_FILE} (OpenAI's CLIP ViT-L/14, in models/clip_vision; see the README's model "
+            "table) with Load CLIP Vision.")
     if num_layers != VIT_L14_LAYERS or num_tokens != VIT_L14_TOKENS:
         return (
-            f"ELITE needs CLIP ViT-L/14 (24 layers, 257 tokens at 224 px); this CLIP vision model has "
-            f"{num_layers} layers and {num_tokens} tokens. Load the OpenAI CLIP ViT-L/14 vision model "
-            "(e.g. clip-vit-large-patch14 model.safetensors) into models/clip_vision."
+            f"This CLIP vision model is {clip_vision_size(num_layers, num_tokens, width)}; ELITE needs CLIP ViT-L/14 "
+            f"({VIT_L14_LAYERS} layers, {VIT_L14_TOKENS} tokens at 224 px, 1024 wide). {load}"
         )
     if width != mapper_width:
         return (
             f"This CLIP vision model is {width} wide, but the ELITE mapper expects {mapper_width}-wide "
-            "features (CLIP ViT-L/14 is 1024 wide). Use the OpenAI CLIP ViT-L/14 vision model."
+            f"features (CLIP ViT-L/14 is 1024 wide). "
+            + (load if width != 1024 else "The mapper file was not made for CLIP ViT-L/14: use ELITE's mappers.")
         )
     return None
 

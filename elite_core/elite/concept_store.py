@@ -14,17 +14,21 @@ concept takes them from the mapper files, which must be the ones it was made wit
 from __future__ import annotations
 
 import hashlib
+import os
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..common.file_kinds import ELITE_CONCEPT, recognise, refusal
 from ..common.files import owned
 from .concept import KVWeights
 from .sites import SD1_ATTN2_SITES
 
 CONCEPT_FORMAT = "elite-concept"
 CONCEPT_VERSION = "1"
+FOLDER = "models/elite_concepts/"
+_NEEDED = f"ELITE Load Concept reads the files ELITE Save Concept writes into {FOLDER}."
 
 
 class ConceptFileError(ValueError):
@@ -52,15 +56,22 @@ def write_concept(path: str, words: torch.Tensor, local_tokens: torch.Tensor | N
 
 def read_concept(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and metadata of a concept file, checked."""
+    name = os.path.basename(path)
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = owned({key: f.get_tensor(key) for key in f.keys()})
+            is_concept = metadata.get("format") == CONCEPT_FORMAT
+            # another kind of file is told by its names and shapes: its tensors are not read
+            shapes = {} if is_concept else {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+            tensors = owned({key: f.get_tensor(key) for key in f.keys()}) if is_concept else {}
     except (OSError, ValueError, RuntimeError) as exc:
         raise ConceptFileError(f"{path} is not a readable safetensors file ({exc}).") from None
-    if metadata.get("format") != CONCEPT_FORMAT:
-        raise ConceptFileError(f"{path} is not an ELITE concept (made by ELITE Save Concept); it is "
-                               f"{metadata.get('format') or 'another kind of safetensors file'}.")
+    if not is_concept:
+        found = recognise(shapes, metadata)
+        if found is not None and found.key != ELITE_CONCEPT:
+            raise ConceptFileError(refusal(name, found, "an ELITE concept", _NEEDED))
+        raise ConceptFileError(f"'{name}' is not an ELITE concept (made by ELITE Save Concept); it is "
+                               f"{metadata.get('format') or 'another kind of safetensors file'}. {_NEEDED}")
     words = tensors.get("words")
     if words is None or words.dim() != 3 or words.shape[1] != 5:
         raise ConceptFileError(f"{path} has no (images, 5, width) words tensor.")
