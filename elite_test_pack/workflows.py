@@ -133,19 +133,6 @@ def tiny_prompt(name: str, mapper_name: str = TINY_GLOBAL_MAPPER, local_mapper_n
     return with_tiny_models(api_workflow(name), mapper_name, local_mapper_name, **tiny)
 
 
-CONCEPT_PHOTOS = {"concept_photo_1.png": (96, 80), "concept_photo_2.png": (64, 64), "concept_photo_3.png": (128, 96)}
-
-
-def write_concept_photos(folder: str) -> None:
-    """The train-then-apply example's three photos, as synthetic noise of three sizes (tests only)."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(6)
-    for name, (width, height) in CONCEPT_PHOTOS.items():
-        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(f"{folder}/{name}")
-
-
 def write_concept_image(path: str, size: int = 256) -> None:
     """A synthetic, object-centred concept image: a red ball with a highlight, on a transparent
     background (so Load Image's MASK is 1 around the ball and 0 on it)."""

@@ -1,12 +1,12 @@
 """CatVersion nodes: load a concept adapter from models/catversion, apply it to an SD1.x CLIP, and
 learn a new one from a few photos."""
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..elite_core.catversion.training import CatVersionRecipe
 from ..elite_core.comfyui import catversion as comfy_catversion
 from ..elite_core.comfyui import catversion_training as comfy_catversion_training
-from .elite_types import CATVERSION_CATEGORY, CatVersionType, schema
+from .elite_types import CATVERSION_CATEGORY, CatVersionType, expert, schema
 
 TRAIN_ALIASES = ["catversion", "train concept", "textual inversion", "dreambooth", "personalize", "subject", "fine tune"]
 
@@ -84,7 +84,9 @@ class CatVersionTrain(io.ComfyNode):
                 "4,608-number prefix of CLIP text layers 9-11 is trained (AdamW, epsilon-MSE), the MODEL, CLIP and "
                 "VAE stay frozen. Saves models/catversion/<name>_<counter>.safetensors and returns the adapter. "
                 "The defaults are the paper's (1000 steps, batch 2, lr 0.01, 512 px): about 1000 UNet steps "
-                "forward and backward, so use a GPU. Interrupting saves the prefix so far under its own name."
+                "forward and backward, so use a GPU. Interrupting saves the prefix so far under its own name. "
+                "A run with the same photos, settings and models as a saved adapter loads that file instead of "
+                "training again (retrain forces a new run). Shows the step, the loss and a loss curve while it trains."
             ),
             inputs=[
                 io.Image.Input("images", tooltip="3-10 photos of the concept as one IMAGE batch (e.g. Batch Images). "
@@ -107,8 +109,13 @@ class CatVersionTrain(io.ComfyNode):
                 # fixed, never randomized after a run: a new seed means a new training (hours on a CPU)
                 io.Int.Input("seed", default=recipe.seed, min=0, max=2**63 - 1, control_after_generate=False,
                              tooltip="Seeds the prefix init and every random draw: the same seed gives the same adapter."),
+                expert(io.Boolean.Input("retrain", default=False,
+                                        tooltip="Off: an adapter in models/catversion trained from the same photos, "
+                                                "settings and models is loaded instead of training again. On: train "
+                                                "anew (a new numbered file); switch it off again afterwards.")),
             ],
             outputs=[CatVersionType.Output(display_name="catversion")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -123,8 +130,13 @@ class CatVersionTrain(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, model, clip, vae, class_word, filename_prefix, steps, learning_rate, batch_size,
-                resolution, random_flip, seed) -> io.NodeOutput:
+                resolution, random_flip, seed, retrain=False) -> io.NodeOutput:
         recipe = CatVersionRecipe(steps=steps, batch_size=batch_size, learning_rate=learning_rate, resolution=resolution,
                                   flip_probability=0.5 if random_flip else 0.0, seed=seed, caption=class_word)
-        adapter = comfy_catversion_training.train_and_save(model, clip, vae, images, recipe, filename_prefix)
-        return io.NodeOutput(adapter)
+        node_id = cls.hidden.unique_id if cls.hidden else None
+        result = comfy_catversion_training.train_or_reuse(model, clip, vae, images, recipe, filename_prefix, retrain,
+                                                          node_id)
+        shown = ui.PreviewText(result.message).as_dict()
+        if result.curve is not None:
+            shown.update(ui.PreviewImage(result.curve, cls=cls).as_dict())
+        return io.NodeOutput(result.adapter, ui=shown)

@@ -270,37 +270,37 @@ def catversion_workflow() -> list[dict]:
 
 
 def catversion_train_workflow() -> list[dict]:
-    """Learn a concept from three photos with the paper's recipe, then use it like the official
-    adapters: prefixed CLIP for the prompt, plain CLIP for the negative, DDIM 50, CFG 10."""
+    """Learn a concept with the paper's recipe, then use it like the official adapters: prefixed
+    CLIP for the prompt, plain CLIP for the negative, DDIM 50, CFG 10. As shipped it learns the
+    pack's example cat photo, so it runs without placing files; its Note says what to swap in."""
     return [
         dict(id=1, type="CheckpointLoaderSimple", pos=[40, 60], widgets=[CHECKPOINT]),
-        dict(id=2, type="LoadImage", pos=[40, 220], title="Photo 1 of the concept", widgets=["concept_photo_1.png", "image"]),
-        dict(id=3, type="LoadImage", pos=[40, 600], title="Photo 2 of the concept", widgets=["concept_photo_2.png", "image"]),
-        dict(id=4, type="LoadImage", pos=[40, 980], title="Photo 3 of the concept", widgets=["concept_photo_3.png", "image"]),
-        dict(id=5, type="ImageBatch", pos=[460, 600], inputs=[("image1", 2, 0), ("image2", 3, 0)]),
-        dict(id=6, type="ImageBatch", pos=[460, 720], inputs=[("image1", 5, 0), ("image2", 4, 0)]),
-        dict(id=7, type="CatVersionTrain", pos=[760, 220], title="CatVersion Train Concept (paper recipe; use a GPU)",
-             inputs=[("images", 6, 0), ("model", 1, 0), ("clip", 1, 1), ("vae", 1, 2)],
-             widgets=["teddybear", "my_teddybear", 1000, 0.01, 2, 512, True, 23]),
-        dict(id=8, type="CatVersionApply", pos=[1220, 60], inputs=[("clip", 1, 1), ("catversion", 7, 0)], widgets=[1.0]),
-        dict(id=9, type="CLIPTextEncode", pos=[1640, 60], title="Prompt (the class word you trained with)",
-             inputs=[("clip", 8, 0)], widgets=["teddybear on the beach"]),
-        dict(id=10, type="CLIPTextEncode", pos=[1640, 280], title="Negative prompt (original CLIP, no prefix)",
+        dict(id=2, type="ELITEExampleConcept", pos=[40, 220],
+             title="Photos of the concept (swap for 3-10 Load Image + Batch Images)", widgets=["cat"]),
+        dict(id=3, type="CatVersionTrain", pos=[460, 60], title="CatVersion Train Concept (paper recipe; use a GPU)",
+             inputs=[("images", 2, 0), ("model", 1, 0), ("clip", 1, 1), ("vae", 1, 2)],
+             widgets=["cat", "my_cat", 1000, 0.01, 2, 512, True, 23, False]),
+        dict(id=4, type="CatVersionApply", pos=[920, 60], inputs=[("clip", 1, 1), ("catversion", 3, 0)], widgets=[1.0]),
+        dict(id=5, type="CLIPTextEncode", pos=[1340, 60], title="Prompt (the class word you trained with)",
+             inputs=[("clip", 4, 0)], widgets=["cat on the beach"]),
+        dict(id=6, type="CLIPTextEncode", pos=[1340, 280], title="Negative prompt (original CLIP, no prefix)",
              inputs=[("clip", 1, 1)], widgets=[""]),
-        dict(id=11, type="EmptyLatentImage", pos=[1640, 500], widgets=[512, 512, 1]),
-        dict(id=12, type="KSampler", pos=[2100, 60],
-             inputs=[("model", 1, 0), ("positive", 9, 0), ("negative", 10, 0), ("latent_image", 11, 0)],
+        dict(id=7, type="EmptyLatentImage", pos=[1340, 500], widgets=[512, 512, 1]),
+        dict(id=8, type="KSampler", pos=[1800, 60],
+             inputs=[("model", 1, 0), ("positive", 5, 0), ("negative", 6, 0), ("latent_image", 7, 0)],
              widgets=[23, "fixed", 50, 10.0, "ddim", "ddim_uniform", 1.0]),
-        dict(id=13, type="VAEDecode", pos=[2480, 60], inputs=[("samples", 12, 0), ("vae", 1, 2)]),
-        dict(id=14, type="SaveImage", pos=[2740, 60], inputs=[("images", 13, 0)], widgets=["CatVersion"]),
+        dict(id=9, type="VAEDecode", pos=[2180, 60], inputs=[("samples", 8, 0), ("vae", 1, 2)]),
+        dict(id=10, type="SaveImage", pos=[2440, 60], inputs=[("images", 9, 0)], widgets=["CatVersion"]),
     ]
 
 
-TRAIN_NOTE = ("Slow: this template trains before it draws (1000 steps: minutes on a GPU, hours on a CPU). Change "
-              "first: the photos (3 to 10 photos of one object), class_word on CatVersion Train Concept (what the "
-              "object is: teddybear, mug, dog) and filename_prefix (the adapter's file name in models/catversion). "
-              "Prompt with the same class word. Once trained, template 07's CatVersion Adapter Loader reuses the saved "
-              "file without training.")
+TRAIN_NOTE = ("Slow: this template trains before it draws (1000 steps: minutes on a GPU, hours on a CPU), once: "
+              "the next Run with the same photos, settings and checkpoint loads the adapter it saved in "
+              "models/catversion (retrain, among the advanced inputs, trains anew). Change first: the photos. As "
+              "shipped it learns the pack's one cat photo; swap ELITE Example Concept for 3 to 10 photos of your "
+              "object (Load Image nodes joined with Batch Images). Then class_word on CatVersion Train Concept (what "
+              "the object is: teddybear, mug, dog) and filename_prefix (the adapter's file name). Prompt with the same "
+              "class word. Template 07's CatVersion Adapter Loader also loads the saved file.")
 
 
 def with_note_below(nodes: list[dict], text: str) -> list[dict]:

@@ -58,7 +58,7 @@ CARDS = {
     "07_catversion_teddybear": Card("CatVersion adapter", "the authors' teddybear",
                                     ("Adapter Loader", "CatVersion Apply", "KSampler")),
     "08_catversion_train_then_apply": Card("Train CatVersion", "slow: it trains first",
-                                           ("your photos", "Train Concept", "CatVersion Apply")),
+                                           ("Example Concept", "Train Concept", "CatVersion Apply")),
 }
 
 

@@ -95,7 +95,7 @@ if CATVERSION_DATA.is_dir():
                         CATVERSION_MODELS / f"{_concept}.safetensors")
 CONCEPT_IMAGE = "elite_concept.png"
 (BASE_DIR / "input").mkdir(exist_ok=True)
-from elite_test_pack.workflows import write_concept_image, write_concept_photos  # noqa: E402
+from elite_test_pack.workflows import write_concept_image  # noqa: E402
 
 write_concept_image(str(BASE_DIR / "input" / CONCEPT_IMAGE))
 # The LoRA the LoRA template names: an empty LoRA (no layers), so the template runs on the tiny models.
@@ -103,7 +103,6 @@ write_concept_image(str(BASE_DIR / "input" / CONCEPT_IMAGE))
 from safetensors.torch import save_file as _save_file  # noqa: E402
 
 _save_file({}, str(BASE_DIR / "models" / "loras" / "lcm-lora-sdv1-5.safetensors"))
-write_concept_photos(str(BASE_DIR / "input"))
 
 
 def comfyui_version() -> str:

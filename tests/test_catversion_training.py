@@ -211,7 +211,7 @@ def test_train_node_saves_an_adapter_that_apply_loads(sd1, photos):
     (adapter,) = CatVersionTrain.execute(photos, model, clip, vae, CAPTION, "node_test", 2, 0.01, 2, RESOLUTION, True,
                                          23).result
     (adapter_again,) = CatVersionTrain.execute(photos, model, clip, vae, CAPTION, "node_test", 2, 0.01, 2, RESOLUTION,
-                                               True, 23).result
+                                               True, 23, True).result  # retrain
     assert adapter_files("node_test") == ["node_test_00001.safetensors", "node_test_00002.safetensors"]
     assert adapter.name == "node_test_00001.safetensors"  # a second run never overwrites the first
     (loaded,) = CatVersionLoader.execute("node_test_00001.safetensors").result

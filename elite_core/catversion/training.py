@@ -23,13 +23,14 @@ for a seed on the CPU, and N processes x batch b compute the same mean loss as 1
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from ..common.checks import ELITEInputError
+from ..common.fingerprint import Fingerprint
 from ..common.images import squash_uint8
 from ..common.noise_schedule import NUM_TRAIN_TIMESTEPS, NoiseSchedule, add_noise, scaled_linear_schedule
 from .prefix import OFFICIAL_LAYERS, TEXT_WIDTH, CatVersionPrefix, prefixes_from_flat
@@ -68,6 +69,30 @@ class CatVersionRecipe:
         if problems:
             raise ELITEInputError("CatVersion training: " + "; ".join(problems) + ".")
         return replace(self, learning_rate=float(self.learning_rate), caption=str(self.caption).strip())
+
+
+# --------------------------------------------------------------------------- what made an adapter
+
+FINGERPRINT_KIND = "CatVersion training v1"  # a new definition of the fingerprint gets a new kind
+
+
+def training_fingerprint(images, recipe: CatVersionRecipe, base_models: str) -> str:
+    """What a trained adapter was made from, as a hex digest: the photos (dtype, size and every value
+    of each IMAGE, in order), the whole recipe (steps, batch, learning rate, resolution, flip
+    probability, seed, caption, weight decay, init, layers; as :meth:`CatVersionRecipe.checked` gives
+    it) and ``base_models``, the frozen models' own fingerprint (the ComfyUI side computes it). The
+    same inputs give the same adapter (training is deterministic for a seed), so a file that carries
+    this fingerprint need not be trained again."""
+    fingerprint = Fingerprint(FINGERPRINT_KIND)
+    batches = [images] if isinstance(images, torch.Tensor) else list(images)
+    fingerprint.add_value(len(batches))
+    for batch in batches:
+        fingerprint.add_tensor(batch)
+    fields = asdict(recipe.checked())
+    fields["layers"] = list(fields["layers"])
+    fingerprint.add_value(fields)
+    fingerprint.add_text(base_models)
+    return fingerprint.hexdigest()
 
 
 # --------------------------------------------------------------------------- maths

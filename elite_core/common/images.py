@@ -31,6 +31,11 @@ def images_to_pil(image: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(frame, mode="RGB") for frame in frames]
 
 
+def pil_to_image(image: Image.Image) -> torch.Tensor:
+    """An RGB PIL image -> IMAGE (1, H, W, 3) floats in [0, 1]."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
 def squash_uint8(image: torch.Tensor, size: int) -> torch.Tensor:
     """IMAGE (B, H, W, C) -> (B, 3, size, size) in [0, 1]: each frame squashed (no crop, aspect not
     kept) with PIL's bicubic filter on its uint8 pixels, as the reference data loaders do."""
