@@ -224,3 +224,72 @@ def _load_in_frontend(url: str, chromium: str, node: str, queue: bool = False) -
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout)
+
+
+# CatVersion Train Concept in the real frontend: the training template's Run pressed twice trains once,
+# a restarted server loads the saved adapter instead of training, and `retrain` (set on the node's
+# widget) trains again; the step, loss and saved file's name reach the browser.
+
+TRAIN_PREFIX = "frontend_train"
+
+
+def _run_template_in_frontend(url: str, name: str, runs: list[dict], prompts: dict, key_by: list[str]) -> list[dict]:
+    chromium, node = _frontend_tools()
+    plan = BASE_DIR / f"frontend_runs_{name}.json"
+    plan.write_text(json.dumps({"runs": runs, "prompts": prompts, "key_by": key_by}))
+    env = {**os.environ, "NODE_PATH": str(FRONTEND_MODULES), "RUNS": str(plan)}
+    done = subprocess.run([node, str(TESTS / "frontend" / "run_template.js"), url, chromium,
+                           str(TESTS.parent / "example_workflows" / f"{name}.json")],
+                          env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout)["runs"]
+
+
+def _training_prompts() -> tuple[str, dict]:
+    """The training template on the tiny models, with a seed of its own (so that no other test's
+    adapter matches it), once with retrain off and once on."""
+    prompts = {}
+    for retrain in (False, True):
+        prompt = tiny_prompt("catversion_train_then_apply")
+        train = node_id(prompt, "CatVersionTrain")
+        prompt[train]["inputs"].update(filename_prefix=TRAIN_PREFIX, seed=777, retrain=retrain)
+        prompts[json.dumps(retrain)] = prompt
+    return train, prompts
+
+
+def _trained_files() -> list[str]:
+    return sorted(f for f in os.listdir(BASE_DIR / "models" / "catversion") if f.startswith(TRAIN_PREFIX))
+
+
+def _train_node_text(url: str, run: dict, train: str) -> str:
+    entry = wait_for_history(url, run["prompt_id"], timeout=600)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (text,) = entry["outputs"][train]["text"]
+    return text
+
+
+def test_the_training_template_run_from_the_frontend_trains_once_even_across_a_restart(server):
+    train, prompts = _training_prompts()
+    key_by = ["CatVersionTrain", "retrain"]
+    url, _ = server
+    first, second = _run_template_in_frontend(url, "catversion_train_then_apply", [{}, {}], prompts, key_by)
+    saved = f"{TRAIN_PREFIX}_00001.safetensors"
+    assert _train_node_text(url, first, train).startswith(f"Saved {saved}")
+    texts = [t["text"] for t in first["texts"] if t["node"] == train]
+    assert texts[0].startswith("step 1/2  loss ") and texts[-1].startswith(f"Saved {saved}")  # shown on the node
+    assert any(e["node"] == train and e["output"]["text"][0].startswith(f"Saved {saved}") for e in first["executed"])
+    # the second Run: nothing trains (no step shown), no new file
+    assert not [t for t in second["texts"] if t["text"].startswith("step ")] and _trained_files() == [saved]
+
+    with running_server(COMFY_DIR, BASE_DIR, BASE_DIR / "server-restarted.log", timeout=180) as restarted:
+        again, retrained = _run_template_in_frontend(
+            restarted, "catversion_train_then_apply", [{}, {"set": {"CatVersionTrain": {"retrain": True}}}], prompts,
+            key_by)
+        found = _train_node_text(restarted, again, train)
+        assert found.startswith(f"Found {saved}") and "not training again" in found
+        assert [t["text"] for t in again["texts"] if t["node"] == train] == [found]
+        # retrain switched on in the node's widget: the frontend sends it, and the node trains anew
+        assert retrained["queued"][train]["inputs"]["retrain"] is True
+        assert _train_node_text(restarted, retrained, train).startswith(f"Saved {TRAIN_PREFIX}_00002.safetensors")
+        assert any(t["text"].startswith("step 2/2  loss ") for t in retrained["texts"])
+    assert _trained_files() == [saved, f"{TRAIN_PREFIX}_00002.safetensors"]
