@@ -231,6 +231,7 @@ def _load_in_frontend(url: str, chromium: str, node: str, queue: bool = False) -
 # widget) trains again; the step, loss and saved file's name reach the browser.
 
 TRAIN_PREFIX = "frontend_train"
+TRAIN_TEMPLATE = "08_catversion_train_then_apply"
 
 
 def _run_template_in_frontend(url: str, name: str, runs: list[dict], prompts: dict, key_by: list[str]) -> list[dict]:
@@ -250,7 +251,7 @@ def _training_prompts() -> tuple[str, dict]:
     adapter matches it), once with retrain off and once on."""
     prompts = {}
     for retrain in (False, True):
-        prompt = tiny_prompt("catversion_train_then_apply")
+        prompt = tiny_prompt(TRAIN_TEMPLATE)
         train = node_id(prompt, "CatVersionTrain")
         prompt[train]["inputs"].update(filename_prefix=TRAIN_PREFIX, seed=777, retrain=retrain)
         prompts[json.dumps(retrain)] = prompt
@@ -272,7 +273,7 @@ def test_the_training_template_run_from_the_frontend_trains_once_even_across_a_r
     train, prompts = _training_prompts()
     key_by = ["CatVersionTrain", "retrain"]
     url, _ = server
-    first, second = _run_template_in_frontend(url, "catversion_train_then_apply", [{}, {}], prompts, key_by)
+    first, second = _run_template_in_frontend(url, TRAIN_TEMPLATE, [{}, {}], prompts, key_by)
     saved = f"{TRAIN_PREFIX}_00001.safetensors"
     assert _train_node_text(url, first, train).startswith(f"Saved {saved}")
     texts = [t["text"] for t in first["texts"] if t["node"] == train]
@@ -283,7 +284,7 @@ def test_the_training_template_run_from_the_frontend_trains_once_even_across_a_r
 
     with running_server(COMFY_DIR, BASE_DIR, BASE_DIR / "server-restarted.log", timeout=180) as restarted:
         again, retrained = _run_template_in_frontend(
-            restarted, "catversion_train_then_apply", [{}, {"set": {"CatVersionTrain": {"retrain": True}}}], prompts,
+            restarted, TRAIN_TEMPLATE, [{}, {"set": {"CatVersionTrain": {"retrain": True}}}], prompts,
             key_by)
         found = _train_node_text(restarted, again, train)
         assert found.startswith(f"Found {saved}") and "not training again" in found

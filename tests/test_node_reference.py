@@ -344,7 +344,8 @@ def test_a_workflow_saved_with_the_old_score_id_still_loads():
 
 EXPERT = {"ELITELocalAttnPatch": {"start_percent", "end_percent", "global_kv", "attention_map"},
           "ELITEConditioning": {"words", "placeholder_2"}, "ELITEEncoder": {"invert_mask"},
-          "ELITEPrepareConcept": {"mask_polarity"}, "ELITEEvaluationScore": {"crop_to_mask"}}
+          "ELITEPrepareConcept": {"mask_polarity"}, "ELITEEvaluationScore": {"crop_to_mask"},
+          "CatVersionTrain": {"retrain"}}
 
 
 @pytest.mark.parametrize("node_id", sorted(EXPERT))
