@@ -17,11 +17,13 @@ import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("ELITE_CACHE", REPO / ".cache"))  # where scripts/bootstrap.sh installs
 # elite_test_pack (the tiny RANDOM demo models) from the repository root; appended, so that the
 # repository's folders (nodes/ above all) never shadow ComfyUI's modules in a process that imports
 # both (the tests import this script).
@@ -127,16 +129,20 @@ def build_prompt(real: dict | None, steps: int | None, own_image: bool = False) 
 def run_demo(comfy: Path, base: Path, prompt: dict, real: bool, cpu: bool) -> Path:
     extra = ["--extra-model-paths-config", str(base / "extra_model_paths.yaml")] if real else []
     server_log = base / "comfyui.log"
+    started = time.monotonic()
     with running_server(comfy, base, server_log, extra, cpu=cpu) as url:
-        log.info("ComfyUI is up at %s (log: %s); queueing the ELITE workflow", url, server_log)
+        log.info("ComfyUI is up at %s after %.0f s (log: %s); queueing the ELITE workflow",
+                 url, time.monotonic() - started, server_log)
+        queued = time.monotonic()
         entry = run_prompt(url, prompt)
+        log.info("the workflow ran in %.0f s", time.monotonic() - queued)
     (image,) = entry["outputs"][save_node_id(prompt)]["images"]
     return base / "output" / image["subfolder"] / image["filename"]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--comfyui", default=os.environ.get("ELITE_COMFYUI_DIR", str(REPO / ".cache" / "comfyui")))
+    parser.add_argument("--comfyui", default=os.environ.get("ELITE_COMFYUI_DIR", str(CACHE / "comfyui")))
     parser.add_argument("--models", default=os.environ.get("ELITE_DEMO_MODELS", str(REPO / "demo_models")))
     parser.add_argument("--image", help="your concept image (object centred, cut-out PNG); default: the example cat")
     parser.add_argument("--steps", type=int, help="sampling steps with real weights (workflow: 50)")
@@ -146,7 +152,7 @@ def main(argv=None) -> int:
 
     models = Path(args.models)
     real = find_weights(models)
-    base = REPO / ".cache" / "demo"
+    base = CACHE / "demo"
     base.mkdir(parents=True, exist_ok=True)
     prepare_base(base, models, real, Path(args.image) if args.image else None)
     # The tiny random models always run on the CPU; real weights use the GPU when there is one.
@@ -155,6 +161,9 @@ def main(argv=None) -> int:
         log.info("using REAL weights from %s: %s (on the %s)", models, real, "CPU" if cpu else "GPU")
     else:
         log.warning(RANDOM_BANNER.format(models=str(models) + "/"))
+        # The server's torch on one thread: the tiny models gain nothing from more, and on a busy machine
+        # OpenMP's spinning threads made each of their sampling steps take seconds instead of a fraction.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         image = run_demo(Path(args.comfyui), base, build_prompt(real, args.steps, bool(args.image)), bool(real), cpu)
     except RuntimeError as exc:
