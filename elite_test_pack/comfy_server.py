@@ -20,15 +20,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(comfy_dir: Path, base_dir: Path, log_path: Path, extra_args=(), timeout: float = 300,
-                   cpu: bool = True):
-    """Start ComfyUI on a free port, wait until the ELITE nodes answer, yield its URL, stop it."""
+def running_server(comfy_dir: Path, base_dir: Path | None, log_path: Path, extra_args=(), timeout: float = 300,
+                   cpu: bool = True, python: str | Path = sys.executable, env: dict | None = None,
+                   ready_path: str = "/object_info/ELITEEncoder"):
+    """Start ComfyUI on a free port (its own base folder where ``base_dir`` is None, as a user starts
+    it), wait until ``ready_path`` answers (by default: the ELITE nodes), yield its URL, stop it."""
     port = free_port()
-    cmd = [sys.executable, "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(port),
-           "--base-directory", str(base_dir), "--disable-auto-launch", "--dont-print-server",
-           "--database-url", "sqlite:///:memory:", *extra_args]
+    base = ["--base-directory", str(base_dir)] if base_dir is not None else []
+    cmd = [str(python), "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(port), *base,
+           "--disable-auto-launch", "--dont-print-server", "--database-url", "sqlite:///:memory:", *extra_args]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=comfy_dir, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=comfy_dir, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout
@@ -36,7 +38,7 @@ def running_server(comfy_dir: Path, base_dir: Path, log_path: Path, extra_args=(
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"ComfyUI did not start; its log:\n{Path(log_path).read_text()[-4000:]}")
             try:
-                if requests.get(f"{url}/object_info/ELITEEncoder", timeout=5).ok:
+                if requests.get(f"{url}{ready_path}", timeout=5).ok:
                     break
             except requests.ConnectionError:
                 pass

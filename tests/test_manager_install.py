@@ -7,17 +7,15 @@ without a host, file:///..., for a node name), and the Manager and ComfyUI run b
 refuses every connection.
 """
 
-import contextlib
 import os
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
+from elite_test_pack.comfy_server import running_server
 from elite_test_pack.workflows import EXAMPLES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,37 +72,6 @@ def fresh_comfyui(dest: Path) -> Path:
     return dest
 
 
-@contextlib.contextmanager
-def comfyui_server(python: Path, comfy: Path, log_path: Path, timeout: float = 180):
-    """`python main.py --cpu` in the ComfyUI folder, as a user starts it; yields its URL once it answers."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [str(python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-           "--dont-print-server", "--database-url", "sqlite:///:memory:"]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=comfy, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **NO_NETWORK})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ComfyUI did not start; its log:\n{log_path.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{url}/system_stats", timeout=5).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 @pytest.fixture(scope="module")
 def manager_install(tmp_path_factory):
     """The pack installed by `cm-cli install file://localhost/.../elite-comfyui.git` into a fresh
@@ -132,7 +99,9 @@ def installed_server(manager_install):
     """The fresh ComfyUI started with the Manager's Python (what the Manager installed is there)."""
     comfy, _ = manager_install
     log_path = comfy / "comfyui.log"
-    with comfyui_server(MANAGER_VENV / "bin" / "python", comfy, log_path) as url:
+    # started as a user starts it: ComfyUI's own folders, the Manager's Python, no network
+    with running_server(comfy, None, log_path, timeout=180, python=MANAGER_VENV / "bin" / "python",
+                        env={**os.environ, **NO_NETWORK}, ready_path="/system_stats") as url:
         yield url, log_path
 
 
