@@ -80,13 +80,12 @@ class CatVersionTrain(io.ComfyNode):
             category=CATVERSION_CATEGORY,
             is_output_node=True,
             description=(
-                "Learns a CatVersion adapter from 3-10 photos of one concept with the authors' recipe: only the "
-                "4,608-number prefix of CLIP text layers 9-11 is trained (AdamW, epsilon-MSE), the MODEL, CLIP and "
-                "VAE stay frozen. Saves models/catversion/<name>_<counter>.safetensors and returns the adapter. "
-                "The defaults are the paper's (1000 steps, batch 2, lr 0.01, 512 px): about 1000 UNet steps "
-                "forward and backward, so use a GPU. Interrupting saves the prefix so far under its own name. "
-                "A run with the same photos, settings and models as a saved adapter loads that file instead of "
-                "training again (retrain forces a new run). Shows the step, the loss and a loss curve while it trains."
+                "Teaches CLIP a new concept from 3-10 photos of it (CatVersion, with the authors' recipe) and saves "
+                "it as a small adapter file, models/catversion/<name>_00001.safetensors; the MODEL, CLIP and VAE are "
+                "not changed. The defaults are the paper's (1000 steps): minutes on a GPU, hours on a CPU. Press Run "
+                "again with the same photos, settings and models and the saved adapter is loaded instead of training "
+                "again (switch on retrain to train anew). While it trains the node shows the step, the loss and a "
+                "loss curve; stopping it keeps the adapter so far under its own name."
             ),
             inputs=[
                 io.Image.Input("images", tooltip="3-10 photos of the concept as one IMAGE batch (e.g. Batch Images). "
