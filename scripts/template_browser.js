@@ -1,17 +1,12 @@
 // A screenshot of ComfyUI's template browser open on one custom-node pack's category, the dialog alone
 // (no browser window or menus around it), its cards sorted alphabetically.
 // Usage: node template_browser.js <server url> <chromium path> <pack folder name> <out.png>
-const { chromium } = require('playwright-core');
+const { openBrowser } = require('../tests/frontend/headless.js');
 
 async function main() {
   const [url, executablePath, pack, out] = process.argv.slice(2);
-  const browser = await chromium.launch({
-    executablePath,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-           '--disable-component-update', '--disable-sync'],
-  });
+  const { browser, page } = await openBrowser(executablePath);
   try {
-    const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
     await page.goto(url);
     await page.waitForFunction(() => window.app && window.app.graph, null, { timeout: 120000 });
     await page.waitForTimeout(2000);

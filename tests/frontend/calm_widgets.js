@@ -4,17 +4,12 @@
 // Usage: node calm_widgets.js <server url> <chromium path> <workflow.json>...   (JSON report on stdout)
 const fs = require('fs');
 const path = require('path');
-const { chromium } = require('playwright-core');
+const { openBrowser } = require('./headless.js');
 
 async function main() {
   const [url, executablePath, ...files] = process.argv.slice(2);
-  const browser = await chromium.launch({
-    executablePath,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-           '--disable-component-update', '--disable-sync'],
-  });
+  const { browser, page } = await openBrowser(executablePath);
   try {
-    const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
     let errors = [];
     page.on('pageerror', (e) => errors.push(String(e)));
     await page.goto(url);

@@ -9,17 +9,12 @@
 // same workflow on tiny test models); the server's prompt_id is reported.
 const fs = require('fs');
 const path = require('path');
-const { chromium } = require('playwright-core');
+const { openBrowser } = require('./headless.js');
 
 async function main() {
   const [url, executablePath, ...files] = process.argv.slice(2);
-  const browser = await chromium.launch({
-    executablePath,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-           '--disable-component-update', '--disable-sync'],
-  });
+  const { browser, page } = await openBrowser(executablePath);
   try {
-    const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
     let errors = [];
     page.on('pageerror', (e) => errors.push(String(e)));
     page.on('console', (m) => {

@@ -9,7 +9,7 @@
 // Each run is waited for; the report lists per run: prompt_id, queued, and `texts` (the progress text
 // frames, {node, text}) and `executed` (the "executed" messages) the page's websocket received meanwhile.
 const fs = require('fs');
-const { chromium } = require('playwright-core');
+const { openBrowser } = require('./headless.js');
 
 function decodeFrame(payload) {
   // ComfyUI's binary frames: uint32 event type (3 = text), then for text: uint32 node id length, node id, text
@@ -26,13 +26,8 @@ function decodeFrame(payload) {
 async function main() {
   const [url, executablePath, file] = process.argv.slice(2);
   const plan = JSON.parse(fs.readFileSync(process.env.RUNS, 'utf8'));
-  const browser = await chromium.launch({
-    executablePath,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-           '--disable-component-update', '--disable-sync'],
-  });
+  const { browser, page } = await openBrowser(executablePath);
   try {
-    const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
     let received = { texts: [], executed: [] };
     page.on('websocket', (ws) => ws.on('framereceived', (frame) => {
       const decoded = decodeFrame(frame.payload);
