@@ -91,6 +91,7 @@ def recipe_from_args(args: argparse.Namespace, num_processes: int):
 
 def train(accelerator, model, clip, vae, images, recipe, output: str | None, filename_prefix: str):
     """Train on every process; the main process saves the adapter (and, on Ctrl-C, the prefix so far)."""
+    from elite_core.comfyui import catversion_files as adapter_files
     from elite_core.comfyui import catversion_training as training
 
     from .accelerate_run import AccelerateRun
@@ -102,9 +103,9 @@ def train(accelerator, model, clip, vae, images, recipe, output: str | None, fil
     def save(prefix, steps_done):
         if output and steps_done == recipe.steps:
             path = output
-            training.save_adapter_atomically(prefix, path, training.adapter_metadata(recipe, steps_done, len(images)))
+            adapter_files.save_adapter_atomically(prefix, path, adapter_files.adapter_metadata(recipe, steps_done, len(images)))
         else:
-            path = training.save_trained_adapter(prefix, filename_prefix, recipe, steps_done, len(images))
+            path = adapter_files.save_trained_adapter(prefix, filename_prefix, recipe, steps_done, len(images))
         log.info("saved %s", path)
         return path
 
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
         images = load_image_folder(args.images)
         accelerator = Accelerator(cpu=args.cpu)
         start_comfyui(comfy_dir, cpu=accelerator.device.type == "cpu")
-        from elite_core.comfyui.catversion_training import check_filename_prefix
+        from elite_core.comfyui.catversion_files import check_filename_prefix
 
         name = check_filename_prefix(file_stem(args.class_word))
         recipe = recipe_from_args(args, accelerator.num_processes).checked()

@@ -20,6 +20,7 @@ import comfy.sd
 import comfy.utils
 
 from comfyui_elite.elite_core.catversion.training import CatVersionRecipe, training_fingerprint
+from comfyui_elite.elite_core.comfyui import catversion_files, training_progress
 from comfyui_elite.elite_core.comfyui import catversion_training as training
 from comfyui_elite.elite_core.comfyui.fingerprints import sd1_models_fingerprint
 from comfyui_elite.elite_core.common.loss_curve import curve_summary, loss_curve_image
@@ -337,20 +338,20 @@ def test_retrain_trains_again_into_the_next_file_which_later_runs_load(sd1, phot
 
 
 def test_a_run_that_stopped_early_is_never_reused(sd1, photos, trainings, monkeypatch):
-    real_on_step = training.ComfyProgress.on_step
+    real_on_step = training_progress.ComfyProgress.on_step
 
     def interrupt_after_step_1(self, report):
         real_on_step(self, report)
         if report.step == 1:
             comfy.model_management.interrupt_current_processing(True)
 
-    monkeypatch.setattr(training.ComfyProgress, "on_step", interrupt_after_step_1)
+    monkeypatch.setattr(training_progress.ComfyProgress, "on_step", interrupt_after_step_1)
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
             run_node(sd1, photos, "stopped", steps=2, seed=41)
     finally:
         comfy.model_management.interrupt_current_processing(False)
-    monkeypatch.setattr(training.ComfyProgress, "on_step", real_on_step)
+    monkeypatch.setattr(training_progress.ComfyProgress, "on_step", real_on_step)
     assert adapter_files("stopped") == ["stopped_00001_step1_of_2.safetensors"]
     partial = metadata_of("stopped_00001_step1_of_2.safetensors")
     # the same file under a plain name still says it stopped at step 1 of 2
@@ -362,7 +363,7 @@ def test_a_run_that_stopped_early_is_never_reused(sd1, photos, trainings, monkey
         os.remove(CATVERSION_MODELS / "stopped_copy_00001.safetensors")
     assert trainings == [2, 2] and result.result[0].name == "stopped_00002.safetensors"
     # the partial file was made from the same inputs: only its being incomplete kept it from being used
-    assert metadata_of("stopped_00002.safetensors")[training.FINGERPRINT_KEY] == partial[training.FINGERPRINT_KEY]
+    assert metadata_of("stopped_00002.safetensors")[catversion_files.FINGERPRINT_KEY] == partial[catversion_files.FINGERPRINT_KEY]
 
 
 def test_the_template_run_twice_through_comfyui_trains_once_and_says_so(trainings, browser):

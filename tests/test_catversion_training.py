@@ -28,6 +28,7 @@ from comfyui_elite.elite_core.catversion.training import (
     scaled_linear_schedule,
     squash_images,
 )
+from comfyui_elite.elite_core.comfyui import catversion_files, training_progress
 from comfyui_elite.elite_core.comfyui import catversion_training as training
 from comfyui_elite.elite_core.common.checks import ELITEInputError
 from comfyui_elite.nodes.nodes_catversion import CatVersionApply, CatVersionLoader, CatVersionTrain
@@ -225,14 +226,14 @@ def test_train_node_saves_an_adapter_that_apply_loads(sd1, photos):
 
 def test_interrupt_keeps_the_steps_done_and_leaves_no_partial_file(sd1, photos, monkeypatch):
     model, clip, vae = sd1
-    real_on_step = training.ComfyProgress.on_step
+    real_on_step = training_progress.ComfyProgress.on_step
 
     def interrupt_during_step_3(self, report):  # the user presses Cancel while step 3 runs
         real_on_step(self, report)
         if report.step == 2:
             comfy.model_management.interrupt_current_processing(True)
 
-    monkeypatch.setattr(training.ComfyProgress, "on_step", interrupt_during_step_3)
+    monkeypatch.setattr(training_progress.ComfyProgress, "on_step", interrupt_during_step_3)
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
             CatVersionTrain.execute(photos, model, clip, vae, CAPTION, "interrupted", 5, 0.01, 2, RESOLUTION, True, 23)
@@ -258,9 +259,9 @@ def test_a_failed_write_leaves_no_file(monkeypatch, tmp_path, sd1, photos):
         Path(path).write_bytes(b"half an adapter")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(training, "save_catversion_safetensors", disk_full)
+    monkeypatch.setattr(catversion_files, "save_catversion_safetensors", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        training.save_adapter_atomically(adapter, str(tmp_path / "a.safetensors"), {})
+        catversion_files.save_adapter_atomically(adapter, str(tmp_path / "a.safetensors"), {})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -444,7 +445,7 @@ def test_command_line_refuses_tiny_photos_bombs_and_files_that_are_no_checkpoint
 
 
 def test_the_class_word_is_caption_text_and_only_the_file_name_is_made_safe():
-    from comfyui_elite.elite_core.comfyui.catversion_training import check_filename_prefix
+    from comfyui_elite.elite_core.comfyui.catversion_files import check_filename_prefix
     from elite_training.catversion import file_stem
 
     assert file_stem("teddy bear's") == "teddy_bear_s"

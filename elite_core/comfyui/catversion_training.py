@@ -3,8 +3,8 @@ training node and the command-line trainer share.
 
 * :class:`ComfyFrozenSD1` gives ``catversion_training`` what it needs (VAE posterior, the caption
   through a clone of the CLIP whose layers 9-11 read the live prefix, the UNet's epsilon).
-* :func:`train_concept` runs the recipe on them; :func:`save_trained_adapter` writes the result
-  into ``models/catversion`` without ever leaving a half-written file.
+* :func:`train_concept` runs the recipe on them (``catversion_files`` names and writes the result,
+  ``training_progress`` shows the run in the browser).
 * :func:`train_or_reuse` is the training node: it first looks in ``models/catversion`` (file
   headers only) for a complete adapter made from the same photos, recipe and base models (a content
   fingerprint in the file's metadata) and loads it instead of training; while it trains, the node
@@ -19,35 +19,25 @@ frozen weights are switched off for the run and restored afterwards.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import re
-import time
 from dataclasses import dataclass
 
 import torch
 
 import comfy.model_management
-import comfy.utils
-import folder_paths
 
-from ..catversion.prefix import (
-    NUM_TEXT_LAYERS,
-    PREFIX_LOGIT_BIAS,
-    CatVersionPrefix,
-    read_catversion_file,
-    save_catversion_safetensors,
-)
-from ..catversion.training import CatVersionRecipe, StepReport, TrainingRun, train_catversion, training_fingerprint
+from ..catversion.prefix import NUM_TEXT_LAYERS, PREFIX_LOGIT_BIAS, CatVersionPrefix, read_catversion_file
+from ..catversion.training import CatVersionRecipe, TrainingRun, train_catversion, training_fingerprint
 from ..common import files
 from ..common.checks import ELITEInputError, check_image
 from ..common.images import pil_to_image
-from ..common.loss_curve import curve_summary, loss_curve_image
+from ..common.loss_curve import loss_curve_image
 from .catversion import MODEL_FOLDER, PrefixedAttentionBase, check_sd1_clip, text_layer_key, unwrapped_self_attention
+from .catversion_files import check_filename_prefix, find_trained_adapter, save_trained_adapter, stored_curve
 from .elite_patch import model_sd1_width
 from .fingerprints import sd1_models_fingerprint
-from .folders import next_numbered_path
+from .training_progress import ComfyProgress, show_text
 
 log = logging.getLogger("elite.catversion")
 
@@ -230,156 +220,6 @@ def train_concept(model, clip, vae, images, recipe: CatVersionRecipe, run: Train
             return train_catversion(frozen, images, recipe, run, on_step, name, on_abort)
 
 
-# --------------------------------------------------------------------------- saving
-
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
-FINGERPRINT_KEY = "training_fingerprint"
-_STOPPED_EARLY = re.compile(r"_step\d+_of_\d+$")  # a run that stopped before its last step (never reused)
-
-
-def adapter_metadata(recipe: CatVersionRecipe, steps_done: int, num_images: int, fingerprint: str | None = None,
-                     losses: list[float] | None = None) -> dict[str, str]:
-    """The adapter file's metadata: the recipe, and (from the node) what it was made from and its loss."""
-    metadata = {
-        "trainer": "elite-personalize CatVersion training (reference recipe)",
-        "caption": recipe.caption, "steps": str(steps_done), "planned_steps": str(recipe.steps),
-        "batch_size": str(recipe.batch_size), "learning_rate": repr(recipe.learning_rate),
-        "resolution": str(recipe.resolution), "flip_probability": repr(recipe.flip_probability),
-        "seed": str(recipe.seed), "images": str(num_images),
-    }
-    if fingerprint:
-        metadata[FINGERPRINT_KEY] = fingerprint
-    if losses:
-        metadata.update(loss_first=repr(losses[0]), loss_last=repr(losses[-1]), loss_curve=json.dumps(curve_summary(losses)))
-    return metadata
-
-
-def save_adapter_atomically(prefix: CatVersionPrefix, path: str, metadata: dict[str, str]) -> None:
-    """Write the adapter to a temporary name beside ``path`` and rename it into place."""
-    files.write_atomically(path, lambda partial: save_catversion_safetensors(prefix, partial, metadata))
-
-
-def check_filename_prefix(filename_prefix: str) -> str:
-    name = (filename_prefix or "").strip()
-    if not _SAFE_NAME.match(name) or ".." in name:
-        raise ELITEInputError(
-            f"The adapter name {filename_prefix!r} cannot be a file name: use letters, digits, spaces, '.', '_' and "
-            "'-' (no folders), e.g. 'my_teddybear'."
-        )
-    return name
-
-
-def next_adapter_path(filename_prefix: str, suffix: str = "") -> str:
-    """``models/catversion/<prefix>_<00001>.safetensors`` with the first free counter: never overwrites."""
-    return next_numbered_path(MODEL_FOLDER, check_filename_prefix(filename_prefix), suffix)
-
-
-def save_trained_adapter(prefix: CatVersionPrefix, filename_prefix: str, recipe: CatVersionRecipe, steps_done: int,
-                         num_images: int, fingerprint: str | None = None, losses: list[float] | None = None) -> str:
-    """Save into models/catversion; a run that stopped early is named ``<prefix>_<n>_step<done>_of_<planned>``."""
-    path = next_adapter_path(filename_prefix, "" if steps_done == recipe.steps else f"_step{steps_done}_of_{recipe.steps}")
-    save_adapter_atomically(prefix, path, adapter_metadata(recipe, steps_done, num_images, fingerprint, losses))
-    return path
-
-
-# --------------------------------------------------------------------------- finding a trained adapter again
-
-
-def find_trained_adapter(fingerprint: str, filename_prefix: str | None = None) -> str | None:
-    """The path of a complete adapter in models/catversion whose metadata carries ``fingerprint``, or
-    None. Only each file's header is read. A run that stopped early (``_stepN_of_M``, or fewer steps
-    done than planned) never counts; unreadable files are passed over. Of several, one named with
-    ``filename_prefix`` comes first, then the newest."""
-    found = []
-    for name in folder_paths.get_filename_list(MODEL_FOLDER):
-        stem, extension = os.path.splitext(name)
-        if extension.lower() not in files.SAFETENSORS_EXTENSIONS or _STOPPED_EARLY.search(stem):
-            continue
-        path = folder_paths.get_full_path(MODEL_FOLDER, name)
-        try:
-            metadata = files.safetensors_metadata(path, MODEL_FOLDER)
-            modified = os.path.getmtime(path)
-        except (files.TensorFileError, OSError):
-            continue
-        if metadata.get(FINGERPRINT_KEY) != fingerprint or metadata.get("steps") != metadata.get("planned_steps"):
-            continue
-        named = bool(filename_prefix) and os.path.basename(stem).startswith(f"{filename_prefix.strip()}_")
-        found.append((named, modified, name, path))
-    return max(found)[3] if found else None
-
-
-def _stored_curve(metadata: dict[str, str]) -> list[float]:
-    try:
-        curve = json.loads(metadata.get("loss_curve", "[]"))
-        return [float(v) for v in curve] if isinstance(curve, list) else []
-    except (ValueError, TypeError):
-        return []
-
-
-# --------------------------------------------------------------------------- the node: progress, reuse, training
-
-
-def show_text(text: str, node_id: str | None) -> None:
-    """``text`` on the node in the browser (the server's progress text), where the running ComfyUI
-    has a server that sends it; in-process runs and the command line have none."""
-    if node_id is None:
-        return
-    try:
-        from server import PromptServer  # imported here: the command line runs ComfyUI without its server
-    except ImportError:
-        return
-    server = getattr(PromptServer, "instance", None)
-    send = getattr(server, "send_progress_text", None)
-    if send is not None:
-        send(text, node_id, getattr(server, "client_id", None))
-
-
-def step_text(step: int, steps: int, losses: list[float], window: int = 50) -> str:
-    recent = losses[-window:]
-    mean = sum(recent) / len(recent)
-    return f"step {step}/{steps}  loss {losses[-1]:.4f}  (mean of the last {len(recent)}: {mean:.4f})"
-
-
-class ComfyProgress:
-    """``on_step``/``on_abort`` for the training node: the progress bar with a loss curve as its
-    preview and the step and loss as the node's text (both at most every ``show_every_s`` seconds,
-    and at the first and last step), a loss line in the log now and then, ComfyUI's interrupt, and
-    the prefix of the last completed step saved under its own name when the run stops early."""
-
-    def __init__(self, filename_prefix: str, recipe: CatVersionRecipe, num_images: int, log_every: int = 50,
-                 node_id: str | None = None, fingerprint: str | None = None, show_every_s: float = 1.0):
-        self.bar = comfy.utils.ProgressBar(recipe.steps, node_id=node_id)
-        self.filename_prefix, self.recipe, self.num_images, self.log_every = filename_prefix, recipe, num_images, log_every
-        self.node_id, self.fingerprint, self.show_every_s = node_id, fingerprint, show_every_s
-        self.losses: list[float] = []
-        self._shown_at: float | None = None
-
-    def on_step(self, report: StepReport) -> None:
-        self.losses.append(report.loss)
-        now = time.monotonic()
-        if report.step == 1 or report.step == report.steps or now - self._shown_at >= self.show_every_s:
-            self._shown_at = now
-            text = step_text(report.step, report.steps, self.losses)
-            curve = loss_curve_image(self.losses, report.steps, f"step {report.step}/{report.steps}")
-            self.bar.update_absolute(report.step, report.steps, ("PNG", curve, None))
-            show_text(text, self.node_id)
-        else:
-            self.bar.update_absolute(report.step, report.steps)
-        if report.step % self.log_every == 0 or report.step == report.steps:
-            log.info("CatVersion: step %d/%d, loss %.5f", report.step, report.steps, report.loss)
-        comfy.model_management.throw_exception_if_processing_interrupted()
-
-    def on_abort(self, report: StepReport, exc: BaseException) -> None:
-        path = save_trained_adapter(report.prefix(), self.filename_prefix, self.recipe, report.step, self.num_images,
-                                    self.fingerprint, self.losses[:report.step])
-        why = "interrupted" if isinstance(exc, (comfy.model_management.InterruptProcessingException, KeyboardInterrupt)) \
-            else f"stopped by an error ({type(exc).__name__})"
-        log.warning("CatVersion: training %s after step %d of %d; the prefix of that step is saved as %s", why,
-                    report.step, report.steps, path)
-        show_text(f"Training {why} after step {report.step} of {report.steps}; that step's prefix is saved as "
-                  f"{os.path.basename(path)}.", self.node_id)
-
-
 @dataclass
 class TrainingResult:
     """What the training node returns and shows: the adapter, its file, whether it was found rather
@@ -399,7 +239,7 @@ def _reuse(path: str) -> TrainingResult:
     adapter = CatVersionPrefix(layers=prefix.layers, keys=prefix.keys, values=prefix.values, name=name)
     message = (f"Found {name}, trained from these photos and settings: not training again "
                "(turn on retrain for a new run).")
-    curve = _stored_curve(metadata)
+    curve = stored_curve(metadata)
     shown = pil_to_image(loss_curve_image(curve, len(curve), f"{name}: {metadata.get('steps', '?')} steps")) if curve else None
     return TrainingResult(adapter, path, True, message, shown)
 
