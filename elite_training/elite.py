@@ -101,7 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gradient-accumulation", type=whole_number(1), default=4)
     p.add_argument("--learning-rate", type=real_number(0.0, above_low=True), default=None,
                    help="default: 1e-6 (global) or 1e-5 (local) x batch x accumulation x processes")
-    p.add_argument("--max-grad-norm", type=real_number(0.0, above_low=True), default=1.0)
+    p.add_argument("--max-grad-norm", type=real_number(0.0), default=1.0,
+                   help="clip the gradient norm to this value (the authors: 1.0); 0 turns clipping off")
     p.add_argument("--resolution", type=whole_number(64, multiple_of=64), default=512)
     p.add_argument("--checkpoint-every", type=whole_number(0), default=200,
                    help="steps between checkpoints and mapper files (0: only when the run stops or ends)")

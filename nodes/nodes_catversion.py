@@ -108,7 +108,8 @@ class CatVersionTrain(io.ComfyNode):
                 # fixed, never randomized after a run: a new seed means a new training (hours on a CPU)
                 io.Int.Input("seed", default=recipe.seed, min=0, max=2**63 - 1, control_after_generate=False,
                              tooltip="Seeds the prefix init and every random draw: the same seed gives the same adapter."),
-                expert(io.Boolean.Input("retrain", default=False,
+                # optional: API prompts saved before this input existed keep running
+                expert(io.Boolean.Input("retrain", default=False, optional=True,
                                         tooltip="Off: an adapter in models/catversion trained from the same photos, "
                                                 "settings and models is loaded instead of training again. On: train "
                                                 "anew (a new numbered file); switch it off again afterwards.")),

@@ -310,7 +310,7 @@ def main(argv=None) -> int:
     try:
         for path in write_cards(args.names):
             log.info("%s", path.relative_to(REPO))
-    except (FontMissing, KeyError) as error:
+    except (FontMissing, KeyError, ValueError) as error:
         log.error("%s", error.args[0])
         return 2
     return 0

@@ -225,7 +225,8 @@ def test_other_files_are_refused_with_what_they_hold(tmp_path):
     odd = tmp_path / "odd.bin"
     torch.save({"text_model.encoder.layers.9.self_attn.prefix_tuning.pool.prefix_tunings.x."
                 "clip_text_model_self_prefix.control_trans": torch.zeros(1000)}, str(odd))
-    with pytest.raises(CatVersionFormatError, match=r"'odd.bin': a flat prefix of 1000 values does not split into 1 layers"):
+    with pytest.raises(CatVersionFormatError, match=r"'odd.bin' looks like a CatVersion adapter but is damaged or incomplete "
+                                                         r"\(a flat prefix of 1000 values does not split into 1 layers"):
         read_catversion_file(str(odd))
     keys, values = torch.zeros(3, 1, 768), torch.zeros(3, 1, 768)
     keys[1, 0, 5] = math.nan

@@ -31,7 +31,7 @@ BAD_OPTIONS = [  # (parser, required arguments, option, bad value, words of the 
     (elite_cli.parse_args, ELITE, "--gradient-accumulation", "two", "not a whole number"),
     (elite_cli.parse_args, ELITE, "--learning-rate", "0", "above 0"),
     (elite_cli.parse_args, ELITE, "--learning-rate", "nan", "finite number"),
-    (elite_cli.parse_args, ELITE, "--max-grad-norm", "-1", "above 0"),
+    (elite_cli.parse_args, ELITE, "--max-grad-norm", "-1", "at least 0"),
     (elite_cli.parse_args, ELITE, "--resolution", "500", "multiple of 64"),
     (elite_cli.parse_args, ELITE, "--checkpoint-every", "-1", "at least 0"),
     (elite_cli.parse_args, ELITE, "--validation-images", "-1", "at least 0"),
@@ -62,8 +62,9 @@ def test_numeric_options_are_refused_by_name_before_anything_loads(parse, requir
 
 def test_good_numbers_pass_unchanged():
     args = elite_cli.parse_args([*ELITE, "--batch-size", "3", "--learning-rate", "2e-6", "--resolution", "256",
-                                 "--seed", str(2**63 - 1)])
+                                 "--seed", str(2**63 - 1), "--max-grad-norm", "0"])
     assert (args.batch_size, args.learning_rate, args.resolution, args.seed) == (3, 2e-6, 256, 2**63 - 1)
+    assert args.max_grad_norm == 0.0  # 0 turns gradient clipping off
 
 
 def test_prepare_data_refuses_a_zero_shard_size(capsys):

@@ -78,6 +78,30 @@ def test_saved_files_get_the_permissions_of_any_new_file(tmp_path):
     assert bare.stat().st_mode & 0o777 != FILE_MODE or FILE_MODE == 0o600  # the writer's own choice differs
 
 
+def test_two_writers_of_one_name_never_write_into_the_same_file_and_the_first_claim_wins(tmp_path):
+    """Two processes saving the same numbered name at once (the command-line trainer and the node,
+    two ComfyUIs sharing models/): each writes its own temporary file, and a claim that comes second
+    gets FileExistsError instead of replacing the first writer's file."""
+    from comfyui_elite.elite_core.common.files import write_atomically
+
+    target = tmp_path / "concept_00001.safetensors"
+    temporaries = []
+
+    def first(partial):
+        temporaries.append(partial)
+        # the other process saves its file under the same name while this one is still writing
+        write_atomically(str(target), lambda other: (temporaries.append(other), Path(other).write_bytes(b"other")),
+                         overwrite=False)
+        Path(partial).write_bytes(b"first")
+
+    with pytest.raises(FileExistsError):
+        write_atomically(str(target), first, overwrite=False)
+    assert len(set(temporaries)) == 2 and target.read_bytes() == b"other"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]  # no temporary file left behind
+    write_atomically(str(target), lambda partial: Path(partial).write_bytes(b"replaced"))  # overwrite=True replaces
+    assert target.read_bytes() == b"replaced"
+
+
 # --------------------------------------------------------------------------- refused pickles
 
 TORCH_ADVICE = ("weights_only` set to `False`", "weights_only=False will", "add_safe_globals", "safe_globals(",

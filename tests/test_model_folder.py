@@ -1,5 +1,7 @@
 """models/elite registration, extra_model_paths.yaml, and what the loaders say about bad files."""
 
+import os
+
 import pytest
 import torch
 from conftest import ELITE_MODELS, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
@@ -71,3 +73,33 @@ def test_the_pack_creates_its_model_folders_at_start_up(base_dir):
     for folder in ("elite", "catversion", "elite_concepts", "elite_eval"):
         assert (base_dir / "models" / folder).is_dir(), folder
         assert str(base_dir / "models" / folder) == folder_paths.get_folder_paths(folder)[0]
+
+
+def test_a_numbered_save_takes_the_next_number_when_another_process_takes_its_own_meanwhile():
+    """The counter is read before the file is written; if another writer claims that number in the
+    meantime, the save goes to the next one and the other file is left as it was."""
+    from comfyui_elite.elite_core.comfyui.folders import next_numbered_path, save_numbered
+
+    folder = folder_paths.get_folder_paths("elite")[0]
+    first = next_numbered_path("elite", "race")
+    second = first.replace(first[-len("00001.safetensors"):], f"{int(first[-17:-12]) + 1:05d}.safetensors")
+
+    def write(partial):
+        if not os.path.exists(first):  # the other process finishes its save of the same number first
+            with open(first, "wb") as other:
+                other.write(b"the other process")
+        with open(partial, "wb") as mine:
+            mine.write(b"mine")
+
+    try:
+        saved = save_numbered("elite", "race", write)
+        assert saved == second
+        with open(first, "rb") as f:
+            assert f.read() == b"the other process"
+        with open(second, "rb") as f:
+            assert f.read() == b"mine"
+        assert not [n for n in os.listdir(folder) if n.endswith(".partial")]
+    finally:
+        for path in (first, second):
+            if os.path.exists(path):
+                os.remove(path)

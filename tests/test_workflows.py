@@ -111,9 +111,12 @@ def test_a_card_shows_the_templates_photo_and_prompt():
     assert cards.prompt_text(two) == "a photo of S and T sitting on the beach"
     saved = json.loads((REPO / "example_workflows" / "04_elite_saved_concept.json").read_text())
     assert cards.prompt_text(saved) == "a photo of S on the beach"  # the muted row says "in a garden"
-    train = json.loads((REPO / "example_workflows" / "08_catversion_train_then_apply.json").read_text())
-    loads = sum(node["type"] == "LoadImage" for node in train["nodes"])
-    assert cards.concept_photos(train).count(None) == min(loads, 3)
+    # a graph whose photos come from Load Image (the user's own): blank frames, the example's photo after them
+    blanks = {"nodes": [{"id": 3, "type": "LoadImage", "widgets_values": ["mine.png", "image"]},
+                        {"id": 1, "type": "LoadImage", "widgets_values": ["other.png", "image"]},
+                        {"id": 7, "type": "ELITEExampleConcept", "widgets_values": ["cat"]}]}
+    photos = cards.concept_photos(blanks)
+    assert photos[:2] == [None, None] and photos[2].size == cat.size
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

@@ -360,7 +360,8 @@ def test_unknown_files_keep_saying_what_was_found(tmp_path):
     path = tmp_path / "mystery.safetensors"
     save_file({"foo.weight": zeros(3, 3), "bar.bias": zeros(3)}, str(path))
     assert "Not an ELITE mapper: found 2 tensors" in refusal_of(load_mapper_state_dict, path)
-    assert_says(refusal_of(read_catversion_file, path), "'mystery.safetensors' is not a CatVersion adapter: its format",
+    assert_says(refusal_of(read_catversion_file, path), "'mystery.safetensors' is not a CatVersion adapter, nor another "
+                "kind of model file the pack knows (format 'not recorded', 2 tensors, e.g. ",
                 "CatVersion Adapter Loader reads")
     assert_says(refusal_of(read_concept, path), "'mystery.safetensors' is not an ELITE concept (made by ELITE Save "
                 "Concept)", "ELITE Load Concept reads")

@@ -22,6 +22,7 @@ and the pack's safetensors (``...layers.{i}.self_attn.prefix_key``/``prefix_valu
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -31,7 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..common.file_kinds import CATVERSION_ADAPTER, recognise, refusal, safetensors_shapes, tensor_shapes
+from ..common.file_kinds import CATVERSION_ADAPTER, refuse_other_kinds, safetensors_shapes, tensor_shapes
 from ..common.files import TensorFileError, describe_pickle_error, owned, safetensors_metadata
 
 TEXT_WIDTH = 768  # CLIP ViT-L/14 text: 12 heads x 64
@@ -45,12 +46,17 @@ FOLDER = "models/catversion/"
 
 _FLAT_SUFFIX = "clip_text_model_self_prefix.control_trans"
 _LAYER_OF_KEY = re.compile(r"text_model\.encoder\.layers\.(\d+)\.self_attn\.")
+log = logging.getLogger("elite.catversion")
+
 _NEEDED = ("CatVersion Adapter Loader reads the authors' pytorch_adapter.bin (renamed after its concept, e.g. "
            f"teddybear.bin) or a .safetensors made by CatVersion Train Concept, from {FOLDER}.")
-_EXPECTED = (
-    "a CatVersion adapter is the authors' pytorch_adapter.bin (a flat '...clip_text_model_self_prefix."
-    "control_trans' vector of 2 x 768 values per layer) or a safetensors file with "
-    "'text_model.encoder.layers.<i>.self_attn.prefix_key' / 'prefix_value' tensors (format catversion-prefix-v1)"
+_ACCEPTED = (CATVERSION_ADAPTER,)
+_AN_ADAPTER = "a CatVersion adapter"
+# what the loader reads, in file terms: for the log (the artist's message says where files come from)
+_LAYOUT = (
+    "the authors' pytorch_adapter.bin holds a flat '...clip_text_model_self_prefix.control_trans' vector of "
+    "2 x 768 values per layer; the pack's safetensors holds 'text_model.encoder.layers.<i>.self_attn.prefix_key' "
+    "/ 'prefix_value' tensors (format catversion-prefix-v1)"
 )
 
 
@@ -150,25 +156,28 @@ def prefixed_attention(q, k, v, heads: int, mask, k_prefix, v_prefix, biases, at
 # --------------------------------------------------------------------------- files
 
 
-def _refuse_other_kinds(name: str, shapes, metadata: dict[str, str]) -> None:
-    """Refuse, in words, a file that is recognisably something else (a LoRA, an embedding, an ELITE mapper...)."""
-    found = recognise(shapes, metadata)
-    if found is not None and found.key != CATVERSION_ADAPTER:
-        raise CatVersionFormatError(refusal(name, found, "a CatVersion adapter", _NEEDED))
+def _unknown_file(name: str, found: str) -> str:
+    """A file that is neither an adapter nor another model file the pack recognises."""
+    log.debug("CatVersion: %s holds %s; %s", name, found, _LAYOUT)
+    return f"'{name}' is not a CatVersion adapter, nor another kind of model file the pack knows ({found}). {_NEEDED}"
+
+
+def _damaged(name: str, detail: str) -> str:
+    log.debug("CatVersion: %s: %s; %s", name, detail, _LAYOUT)
+    return (f"'{name}' looks like a CatVersion adapter but is damaged or incomplete ({detail}): download or train it "
+            f"again into {FOLDER}.")
 
 
 def _layers_from_official_keys(state: dict[str, torch.Tensor], name: str) -> tuple[tuple[int, ...], torch.Tensor]:
     flats = {key: t for key, t in state.items() if key.endswith(_FLAT_SUFFIX)}
     if not flats:
-        found = ", ".join(list(state)[:3]) or "nothing"
-        raise CatVersionFormatError(
-            f"'{name}' is not a CatVersion adapter: it holds {len(state)} tensors ({found}); {_EXPECTED}. {_NEEDED}")
+        raise CatVersionFormatError(_unknown_file(name, f"{len(state)} tensors, e.g. {next(iter(state), 'none')}"))
     layers = sorted({int(m.group(1)) for key in flats for m in [_LAYER_OF_KEY.search(key)] if m})
     first = next(iter(flats.values()))
     if any(t.shape != first.shape or not torch.equal(t, first) for t in flats.values()):
         raise CatVersionFormatError(f"'{name}': its prefix copies ({len(flats)} keys) differ; the file is damaged.")
     if not layers:
-        raise CatVersionFormatError(f"'{name}': no 'text_model.encoder.layers.<i>' key says which layers it prefixes.")
+        raise CatVersionFormatError(_damaged(name, "no 'text_model.encoder.layers.<i>' key says which layers it prefixes"))
     return tuple(layers), first
 
 
@@ -178,7 +187,7 @@ def _official_prefix(state: dict[str, torch.Tensor], name: str) -> CatVersionPre
     try:
         keys, values = prefixes_from_flat(flat.float(), len(layers))
     except CatVersionFormatError as exc:
-        raise CatVersionFormatError(f"'{name}': {exc}") from None
+        raise CatVersionFormatError(_damaged(name, str(exc))) from None
     return CatVersionPrefix(layers=layers, keys=keys, values=values, name=name)
 
 
@@ -189,9 +198,9 @@ def read_official_adapter(path: str) -> CatVersionPrefix:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for damaged or unsafe files
         raise CatVersionFormatError(describe_pickle_error(path, exc, "CatVersion adapters", FOLDER)) from exc
-    _refuse_other_kinds(name, tensor_shapes(state), {})
+    refuse_other_kinds(name, tensor_shapes(state), {}, _ACCEPTED, _AN_ADAPTER, _NEEDED, CatVersionFormatError)
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
-        raise CatVersionFormatError(f"'{name}' holds a {type(state).__name__}, not a dict of tensors; {_EXPECTED}.")
+        raise CatVersionFormatError(_unknown_file(name, f"a {type(state).__name__}, not a dict of tensors"))
     return _official_prefix(owned(state), name)
 
 
@@ -199,12 +208,10 @@ def read_catversion_safetensors(path: str) -> CatVersionPrefix:
     name = os.path.basename(path)
     metadata = safetensors_metadata(path, FOLDER, CatVersionFormatError)
     shapes = safetensors_shapes(path)
-    _refuse_other_kinds(name, shapes, metadata)
+    refuse_other_kinds(name, shapes, metadata, _ACCEPTED, _AN_ADAPTER, _NEEDED, CatVersionFormatError)
     if metadata.get("format") != SAFETENSORS_FORMAT and not any(key.endswith(_FLAT_SUFFIX) for key in shapes):
-        raise CatVersionFormatError(
-            f"'{name}' is not a CatVersion adapter: its format is {metadata.get('format', 'not recorded')!r} and "
-            f"it holds {len(shapes)} tensors (e.g. {next(iter(shapes), 'none')}); {_EXPECTED}. {_NEEDED}"
-        )
+        raise CatVersionFormatError(_unknown_file(
+            name, f"format {metadata.get('format', 'not recorded')!r}, {len(shapes)} tensors, e.g. {next(iter(shapes), 'none')}"))
     with safe_open(path, framework="pt", device="cpu") as f:
         tensors = owned({key: f.get_tensor(key) for key in f.keys()})
     if metadata.get("format") != SAFETENSORS_FORMAT:
@@ -215,7 +222,7 @@ def read_catversion_safetensors(path: str) -> CatVersionPrefix:
         values = torch.stack([tensors[f"text_model.encoder.layers.{i}.self_attn.prefix_value"] for i in layers]).float()
         bias = float(metadata.get("prefix_logit_bias", PREFIX_LOGIT_BIAS))
     except (KeyError, RuntimeError, ValueError) as exc:
-        raise CatVersionFormatError(f"'{name}': incomplete or inconsistent CatVersion prefixes ({exc}); {_EXPECTED}.") from None
+        raise CatVersionFormatError(_damaged(name, f"incomplete or inconsistent prefixes ({exc})")) from None
     recorded = metadata.get("layers")
     if recorded and tuple(int(x) for x in recorded.split(",")) != tuple(layers):
         raise CatVersionFormatError(f"'{name}': its metadata says layers {recorded}, its tensors are for {layers}.")
@@ -227,7 +234,8 @@ def read_catversion_file(path: str) -> CatVersionPrefix:
     name = os.path.basename(path)
     ext = os.path.splitext(name)[1].lower()
     if ext not in CATVERSION_EXTENSIONS:
-        raise CatVersionFormatError(f"'{name}' has the extension '{ext}'; {_EXPECTED}.")
+        raise CatVersionFormatError(f"'{name}' has the extension '{ext}': CatVersion adapters are "
+                                    f"{', '.join(CATVERSION_EXTENSIONS)} files. {_NEEDED}")
     if os.path.getsize(path) == 0:
         raise CatVersionFormatError(f"'{name}' is empty (0 bytes): fetch it again into {FOLDER}.")
     if ext == ".safetensors":

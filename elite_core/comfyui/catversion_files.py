@@ -16,7 +16,7 @@ from ..common import files
 from ..common.checks import ELITEInputError
 from ..common.loss_curve import curve_summary
 from .catversion import MODEL_FOLDER
-from .folders import next_numbered_path
+from .folders import save_numbered
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
 FINGERPRINT_KEY = "training_fingerprint"
@@ -55,17 +55,14 @@ def check_filename_prefix(filename_prefix: str) -> str:
     return name
 
 
-def next_adapter_path(filename_prefix: str, suffix: str = "") -> str:
-    """``models/catversion/<prefix>_<00001>.safetensors`` with the first free counter: never overwrites."""
-    return next_numbered_path(MODEL_FOLDER, check_filename_prefix(filename_prefix), suffix)
-
-
 def save_trained_adapter(prefix: CatVersionPrefix, filename_prefix: str, recipe: CatVersionRecipe, steps_done: int,
                          num_images: int, fingerprint: str | None = None, losses: list[float] | None = None) -> str:
-    """Save into models/catversion; a run that stopped early is named ``<prefix>_<n>_step<done>_of_<planned>``."""
-    path = next_adapter_path(filename_prefix, "" if steps_done == recipe.steps else f"_step{steps_done}_of_{recipe.steps}")
-    save_adapter_atomically(prefix, path, adapter_metadata(recipe, steps_done, num_images, fingerprint, losses))
-    return path
+    """Save as ``models/catversion/<prefix>_<n>.safetensors`` with the first free counter (never
+    overwrites); a run that stopped early is named ``<prefix>_<n>_step<done>_of_<planned>``."""
+    metadata = adapter_metadata(recipe, steps_done, num_images, fingerprint, losses)
+    suffix = "" if steps_done == recipe.steps else f"_step{steps_done}_of_{recipe.steps}"
+    return save_numbered(MODEL_FOLDER, check_filename_prefix(filename_prefix),
+                         lambda partial: save_catversion_safetensors(prefix, partial, metadata), suffix)
 
 
 def find_trained_adapter(fingerprint: str, filename_prefix: str | None = None) -> str | None:
@@ -86,7 +83,8 @@ def find_trained_adapter(fingerprint: str, filename_prefix: str | None = None) -
             continue
         if metadata.get(FINGERPRINT_KEY) != fingerprint or metadata.get("steps") != metadata.get("planned_steps"):
             continue
-        named = bool(filename_prefix) and os.path.basename(stem).startswith(f"{filename_prefix.strip()}_")
+        named = bool(filename_prefix) and re.fullmatch(rf"{re.escape(filename_prefix.strip())}_\d{{5,}}",
+                                                       os.path.basename(stem)) is not None
         found.append((named, modified, name, path))
     return max(found)[3] if found else None
 

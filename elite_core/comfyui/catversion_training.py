@@ -240,7 +240,11 @@ def _reuse(path: str) -> TrainingResult:
     message = (f"Found {name}, trained from these photos and settings: not training again "
                "(turn on retrain for a new run).")
     curve = stored_curve(metadata)
-    shown = pil_to_image(loss_curve_image(curve, len(curve), f"{name}: {metadata.get('steps', '?')} steps")) if curve else None
+    steps = metadata.get("steps", "")
+    last_step = int(steps) if steps.isdigit() else None  # the stored curve is a summary of all the steps
+    shown = None
+    if curve:
+        shown = pil_to_image(loss_curve_image(curve, len(curve), f"{name}: {steps or '?'} steps", last_step))
     return TrainingResult(adapter, path, True, message, shown)
 
 

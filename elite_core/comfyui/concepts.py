@@ -21,7 +21,7 @@ from ..common.images import image_to_uint8
 from ..elite.concept import ELITEConcept, LocalBranch
 from ..elite.concept_store import ConceptFileError, kv_fingerprint, read_concept, write_concept
 from .elite import LoadedMapper
-from .folders import missing_file_message, next_numbered_path, register_folder
+from .folders import missing_file_message, register_folder, save_numbered
 
 log = logging.getLogger("elite")
 
@@ -55,14 +55,14 @@ def save_concept(concept: ELITEConcept, filename_prefix: str, image: torch.Tenso
     if not _SAFE_NAME.match(name) or ".." in name:
         raise ELITEInputError(f"The concept name {filename_prefix!r} cannot be a file name: use letters, digits, '.', "
                               "'_' and '-' (no spaces, no folders), e.g. 'my_cat'.")
-    path = next_numbered_path(CONCEPT_FOLDER, name)
     metadata = {"global_mapper": concept.global_name, "global_fingerprint": kv_fingerprint(concept.global_kv)}
     tokens = None
     if concept.local is not None:
         tokens = concept.local.tokens
         metadata.update(local_mapper=concept.local.name, local_fingerprint=kv_fingerprint(concept.local.kv()))
-    files.write_atomically(path, lambda partial: write_concept(partial, concept.words, tokens, _preview(image),
-                                                                    metadata))
+    preview = _preview(image)
+    path = save_numbered(CONCEPT_FOLDER, name, lambda partial: write_concept(partial, concept.words, tokens, preview,
+                                                                             metadata))
     log.info("ELITE: concept saved to %s", path)
     embedding = None
     if export_embedding:
@@ -70,9 +70,15 @@ def save_concept(concept: ELITEConcept, filename_prefix: str, image: torch.Tenso
         embedding = os.path.join(folder_paths.get_folder_paths(EMBEDDING_FOLDER)[0], stem + ".safetensors")
         os.makedirs(os.path.dirname(embedding), exist_ok=True)
         word = concept.prompt_words(all_words=False).float().contiguous()  # (1, D)
-        files.write_atomically(embedding, lambda partial: save_file(
-            {"emb_params": word}, partial, metadata={"source": "ELITE concept " + os.path.basename(path)}))
-        log.info("ELITE: primary word exported as embedding:%s", stem)
+        try:
+            files.write_atomically(embedding, lambda partial: save_file(
+                {"emb_params": word}, partial, metadata={"source": "ELITE concept " + os.path.basename(path)}),
+                overwrite=False)
+            log.info("ELITE: primary word exported as embedding:%s", stem)
+        except FileExistsError:  # somebody's own embedding of that name: never replaced
+            log.warning("ELITE: models/embeddings/%s.safetensors exists already and is kept; the concept's word was "
+                        "not exported (the concept itself is saved as %s).", stem, path)
+            embedding = None
     return path, embedding
 
 

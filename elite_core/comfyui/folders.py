@@ -9,6 +9,8 @@ import re
 
 import folder_paths
 
+from ..common import files
+
 
 def register_folder(folder: str, extensions) -> None:
     """Register ``models/<folder>`` (plus any ``<folder>:`` paths from extra_model_paths.yaml),
@@ -47,3 +49,17 @@ def next_numbered_path(folder: str, name: str, suffix: str = "") -> str:
     taken = re.compile(rf"^{re.escape(name)}_(\d{{5}})(?:_.*)?\.safetensors$")
     counters = [int(m.group(1)) for f in os.listdir(path) for m in [taken.match(f)] if m]
     return os.path.join(path, f"{name}_{max(counters, default=0) + 1:05d}{suffix}.safetensors")
+
+
+def save_numbered(folder: str, name: str, write, suffix: str = "") -> str:
+    """``write(temporary_path)`` saved as the next free ``models/<folder>/<name>_<n><suffix>.safetensors``
+    (:func:`next_numbered_path`); when another process takes that number while this one writes, the
+    next one is used. Returns the path."""
+    for _ in range(1000):
+        path = next_numbered_path(folder, name, suffix)
+        try:
+            files.write_atomically(path, write, overwrite=False)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free file name for {name!r} in models/{folder}")

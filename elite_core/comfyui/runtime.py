@@ -64,6 +64,8 @@ def load_sd1_checkpoint(name_or_path: str):
                          "Pass the SD1.x .safetensors/.ckpt file, e.g. --checkpoint v1-5-pruned-emaonly.safetensors.")
     try:
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)
+    except (MemoryError, torch.OutOfMemoryError):
+        raise  # the file may be fine: the machine ran out of memory
     except Exception as exc:  # nothing ran yet: whatever the file is, one message instead of a traceback
         raise SetupError(_unreadable_checkpoint(path, exc)) from None
     if model is None or clip is None or vae is None:
@@ -75,9 +77,9 @@ def _unreadable_checkpoint(path: str, exc: Exception) -> str:
     with open(path, "rb") as f:
         head = f.read(8)
     if path.lower().endswith(".safetensors") or not head.startswith((b"PK", b"\x80")):
-        return (f"'{path}' cannot be read as an SD1.x checkpoint ({type(exc).__name__}): it is damaged or not a "
-                "model file. Pass the SD1.x checkpoint itself, e.g. --checkpoint v1-5-pruned-emaonly-fp16.safetensors "
-                "(a name in ComfyUI's models/checkpoints, or a path).")
+        return (f"'{path}' cannot be read as an SD1.x checkpoint ({type(exc).__name__}: {str(exc)[:200]}): it is "
+                "damaged, not a model file or a model ComfyUI does not know. Pass the SD1.x checkpoint itself, "
+                "e.g. --checkpoint v1-5-pruned-emaonly-fp16.safetensors (a name in ComfyUI's models/checkpoints, or a path).")
     return files.describe_pickle_error(path, exc, "SD1.x checkpoints", "models/checkpoints")
 
 

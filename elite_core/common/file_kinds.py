@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +61,15 @@ def refusal(file_name: str, kind: FileKind, expected: str, needed: str) -> str:
     """The message of a loader that got ``kind`` where it reads ``expected`` (with its article, e.g.
     "an ELITE mapper"); ``needed`` says, as a sentence, which file the loader reads and from where."""
     return f"'{os.path.basename(file_name)}' is not {expected}: {kind.sentence(file_name)} {needed}"
+
+
+def refuse_other_kinds(file_name: str, shapes: Shapes, metadata: Mapping[str, str] | None, accepted: Collection[str],
+                       expected: str, needed: str, error: type[Exception]) -> None:
+    """Raise ``error`` with :func:`refusal`'s words when the file is recognisably a kind not in
+    ``accepted`` (a LoRA, an embedding, a checkpoint...); return when it is unknown or accepted."""
+    found = recognise(shapes, metadata)
+    if found is not None and found.key not in accepted:
+        raise error(refusal(file_name, found, expected, needed))
 
 
 # --------------------------------------------------------------------------- reading names and shapes

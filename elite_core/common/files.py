@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import re
+import tempfile
 import zipfile
 
 import numpy as np
@@ -132,18 +133,37 @@ def owned(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: tensor.clone(memory_format=torch.contiguous_format) for key, tensor in tensors.items()}
 
 
-def write_atomically(path: str, write) -> None:
+def write_atomically(path: str, write, overwrite: bool = True) -> None:
     """``write(temporary_path)``, then rename the result to ``path``: a reader never sees a
-    half-written file, and a failed write leaves nothing behind. The file gets the permissions of
-    any new file here (:data:`FILE_MODE`), whatever the writer used."""
-    partial = path + ".partial"
+    half-written file, and a failed write leaves nothing behind. The temporary file is a new, unique
+    name beside ``path`` (``.<name>.<random>.partial``), so two processes saving at once never write
+    into the same file. With ``overwrite=False`` an existing ``path`` is never replaced: the finished
+    file is linked into place and :class:`FileExistsError` says another writer took the name first.
+    The file gets the permissions of any new file here (:data:`FILE_MODE`), whatever the writer used."""
+    folder, name = os.path.split(os.path.abspath(path))
+    handle, partial = tempfile.mkstemp(dir=folder, prefix=f".{name[:32]}.", suffix=".partial")
+    os.close(handle)
     try:
         write(partial)
         os.chmod(partial, FILE_MODE)
-        os.replace(partial, path)
+        if overwrite:
+            os.replace(partial, path)
+        else:
+            _claim(partial, path)
     finally:
         if os.path.exists(partial):
             os.remove(partial)
+
+
+def _claim(partial: str, path: str) -> None:
+    """Give the finished ``partial`` the name ``path`` unless that name exists (FileExistsError)."""
+    try:
+        os.link(partial, path)  # atomic, and fails if the name is taken
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: claim the name, then move the file over it
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE))
+        os.replace(partial, path)
 
 
 def disk_full(exc: BaseException, where: str) -> str | None:

@@ -33,9 +33,10 @@ def curve_summary(losses: Sequence[float], points: int = 100) -> list[float]:
     return [round(v, 6) for v in binned_means(losses, min(points, len(losses))) if v is not None]
 
 
-def loss_curve_image(losses: Sequence[float], total: int, caption: str = "") -> Image.Image:
+def loss_curve_image(losses: Sequence[float], total: int, caption: str = "", last_step: int | None = None) -> Image.Image:
     """The loss of steps 1..len(losses) of a ``total``-step run, left to right as the run goes (the
-    mean of the steps that fall in each pixel column), with ``caption`` above it."""
+    mean of the steps that fall in each pixel column), with ``caption`` above it. ``last_step`` labels
+    the right end when the values are a summary of a longer run (default: ``total``)."""
     image = Image.new("RGB", (WIDTH, HEIGHT), _BACKGROUND)
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
@@ -63,6 +64,6 @@ def loss_curve_image(losses: Sequence[float], total: int, caption: str = "") -> 
     draw.text((2, top), f"{high:.3g}", fill=_MUTED, font=font)
     draw.text((2, bottom - 10), f"{low:.3g}", fill=_MUTED, font=font)
     draw.text((left, bottom + 2), "step 1", fill=_MUTED, font=font)
-    end = f"step {total}"
+    end = f"step {last_step or total}"
     draw.text((right - draw.textlength(end, font=font), bottom + 2), end, fill=_MUTED, font=font)
     return image

@@ -20,7 +20,7 @@ from collections import Counter
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..common.file_kinds import ELITE_MAPPERS, recognise, refusal, safetensors_shapes, tensor_shapes
+from ..common.file_kinds import ELITE_MAPPERS, refuse_other_kinds, safetensors_shapes, tensor_shapes
 from ..common.files import (
     PICKLE_EXTENSIONS,
     SAFETENSORS_EXTENSIONS,
@@ -63,9 +63,7 @@ def _needed(kind: str | None) -> str:
 
 def _refuse_other_kinds(name: str, shapes, metadata: dict[str, str], kind: str | None) -> None:
     """Refuse, in words, a file that is recognisably something else (a LoRA, an embedding, a checkpoint...)."""
-    found = recognise(shapes, metadata)
-    if found is not None and found.key not in ELITE_MAPPERS:
-        raise MapperFormatError(refusal(name, found, "an ELITE mapper", _needed(kind)))
+    refuse_other_kinds(name, shapes, metadata, ELITE_MAPPERS, "an ELITE mapper", _needed(kind), MapperFormatError)
 
 
 def read_tensor_file_with_metadata(path: str, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
