@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .checks import InputError
+
 SAFETENSORS_EXTENSIONS = (".safetensors", ".sft")
 PICKLE_EXTENSIONS = (".pt", ".pth", ".bin", ".ckpt")
 # the photo files the pack's folders are read for (training data, CatVersion photos, benchmarks)
@@ -132,11 +134,15 @@ def owned(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: tensor.clone(memory_format=torch.contiguous_format) for key, tensor in tensors.items()}
 
 
+PARTIAL_SUFFIX = ".partial"  # the temporary name write_atomically writes to, beside the final one
+DEFAULT_NAME_MAX = 255  # bytes in one file name: ext4, XFS, APFS, NTFS (in UTF-16 units), ...
+
+
 def write_atomically(path: str, write) -> None:
     """``write(temporary_path)``, then rename the result to ``path``: a reader never sees a
     half-written file, and a failed write leaves nothing behind. The file gets the permissions of
     any new file here (:data:`FILE_MODE`), whatever the writer used."""
-    partial = path + ".partial"
+    partial = path + PARTIAL_SUFFIX
     try:
         write(partial)
         os.chmod(partial, FILE_MODE)
@@ -144,6 +150,39 @@ def write_atomically(path: str, write) -> None:
     finally:
         if os.path.exists(partial):
             os.remove(partial)
+
+
+def name_max(folder: str) -> int:
+    """The longest file name, in bytes, that the file system holding ``folder`` takes (its nearest
+    existing parent where it does not exist yet); :data:`DEFAULT_NAME_MAX` where the system cannot say."""
+    probe = os.path.abspath(folder)
+    while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        limit = os.pathconf(probe, "PC_NAME_MAX")
+    except (AttributeError, ValueError, OSError):  # no pathconf (Windows), or the system has no such limit
+        return DEFAULT_NAME_MAX
+    return limit if isinstance(limit, int) and limit > 0 else DEFAULT_NAME_MAX
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def check_name_length(folder: str, name: str, longest_file: str, what: str) -> None:
+    """Refuse ``name`` when ``longest_file``, the longest file name a save makes of it in ``folder``
+    (counter, suffix and the temporary :data:`PARTIAL_SUFFIX` included), has more bytes in UTF-8
+    than the folder's file system takes: the save would fail with "File name too long"."""
+    size, limit = _utf8_size(longest_file), name_max(folder)
+    if size <= limit:
+        return
+    name_bytes = _utf8_size(name)
+    shown = name if len(name) <= 40 else name[:40] + "..."
+    raise InputError(
+        f"The {what} {shown!r} is too long for a file name: it is {len(name)} characters, {name_bytes} bytes in UTF-8, "
+        f"and the file saved from it ('{longest_file[len(name):]}' added, the temporary '{PARTIAL_SUFFIX}' included) "
+        f"would have a {size}-byte name; the file system of {folder} takes at most {limit} bytes per name. Use a name "
+        f"of at most {name_bytes - (size - limit)} bytes (letters outside A-Z take 2-4 bytes each).")
 
 
 def disk_full(exc: BaseException, where: str) -> str | None:
