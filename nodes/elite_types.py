@@ -130,9 +130,11 @@ def widget_inputs(node_cls) -> list[io.Input]:
 
 def check_widget_values(node_cls, values: dict) -> bool | str:
     """For a ``validate_inputs(**kwargs)``: ComfyUI has skipped the node's range and option checks,
-    so every widget value received is checked here (None: linked, known only when the node runs).
+    so every widget value received is checked here (None: linked, known only when the node runs; a
+    :class:`RefusedWidgetValue`: ComfyUI has reported it already).
     True, or one message naming each wrong input, the value received and what it takes."""
-    problems = [problem for item in widget_inputs(node_cls) if values.get(item.id) is not None
+    problems = [problem for item in widget_inputs(node_cls)
+                if values.get(item.id) is not None and not isinstance(values[item.id], RefusedWidgetValue)  # reported
                 for problem in [widget_value_problem(item, values[item.id])] if problem]
     return " ".join(problems) if problems else True
 

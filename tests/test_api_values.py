@@ -56,7 +56,9 @@ def refused(prompt: dict, posted: bool = True) -> str:
     assert executor is None, "the prompt was not refused at validation"
     error, node_errors = refusal
     json.dumps(node_errors)  # the server sends them back as JSON
-    return " | ".join(f"{e['message']}: {e['details']}" for node in node_errors.values() for e in node["errors"])
+    shown = [f"{e['message']}: {e['details']}" for node in node_errors.values() for e in node["errors"]]
+    assert "RefusedWidgetValue" not in str(shown)  # each wrong value is reported once, as posted
+    return " | ".join(shown)
 
 
 # --------------------------------------------------------------------------- widget values
