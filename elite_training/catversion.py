@@ -101,26 +101,54 @@ def train(accelerator, model, clip, vae, images, recipe, output: str | None, fil
             log.info("step %d/%d  loss %.5f", report.step, report.steps, report.loss)
 
     def save(prefix, steps_done):
-        if output and steps_done == recipe.steps:
-            path = output
-            adapter_files.save_adapter_atomically(prefix, path, adapter_files.adapter_metadata(recipe, steps_done, len(images)))
-        else:
-            path = adapter_files.save_trained_adapter(prefix, filename_prefix, recipe, steps_done, len(images))
-        log.info("saved %s", path)
-        return path
+        """Save, never losing the prefix: a save that fails keeps it under a safe name (and says why)."""
+        path, failure = adapter_files.keep_trained_adapter(
+            prefix, filename_prefix, recipe, steps_done, len(images),
+            output=output if output and steps_done == recipe.steps else None)
+        if failure is None:
+            log.info("saved %s", path)
+            return path, None
+        wanted = output if output and steps_done == recipe.steps else f"models/catversion/{filename_prefix}_<n>.safetensors"
+        return path, (f"{wanted} could not be written ({adapter_files.failure_reason(failure)}); the adapter of "
+                      f"{steps_done} step(s) is kept as {path}. Rename or move it where you want it.")
 
     def on_abort(report, exc):
         if accelerator.is_main_process:
             log.warning("training stopped after step %d of %d (%s); keeping that step's prefix", report.step,
                         report.steps, type(exc).__name__)
-            save(report.prefix(), report.step)
+            _, problem = save(report.prefix(), report.step)
+            if problem:
+                log.error("%s", problem)
 
     prefix, losses = training.train_concept(model, clip, vae, images, recipe, AccelerateRun(accelerator), on_step,
                                             name=filename_prefix, on_abort=on_abort)
     accelerator.wait_for_everyone()
-    path = save(prefix, recipe.steps) if accelerator.is_main_process else None
-    accelerator.wait_for_everyone()
+    path, problem = save(prefix, recipe.steps) if accelerator.is_main_process else (None, None)
+    accelerator.wait_for_everyone()  # every process passes this before the main one reports a failed save
+    if problem:
+        raise adapter_files.AdapterSaveError(f"Training finished, but {problem}")
     return prefix, losses, path
+
+
+def check_output(output: str | None) -> None:
+    """Refuse an ``--output`` that cannot be written, before anything is loaded or trained: a
+    folder, a missing or read-only folder, a name too long for the file system."""
+    if not output:
+        return
+    from elite_core.common.files import check_name_length
+
+    path = os.path.abspath(output)
+    folder, name = os.path.split(path)
+    if os.path.isdir(path):
+        raise SetupError(f"--output {output!r} is a folder: give the adapter file to write, e.g. "
+                         f"{os.path.join(output, 'my_concept.safetensors')}.")
+    if not os.path.isdir(folder):
+        raise SetupError(f"--output {output!r}: the folder {folder} does not exist. Create it first, or choose "
+                         "another --output.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SetupError(f"--output {output!r}: the folder {folder} cannot be written to (no permission). Choose "
+                         "another --output.")
+    check_name_length(folder, name, name, "--output file name")
 
 
 def main(argv=None) -> int:
@@ -132,16 +160,23 @@ def main(argv=None) -> int:
         log.error("The command-line trainer needs Hugging Face accelerate: pip install -r requirements-train.txt")
         return 2
     try:
+        check_output(args.output)  # before anything is loaded: a run of hours must be able to save its result
         comfy_dir = find_comfyui(args.comfyui)
         images = load_image_folder(args.images)
         accelerator = Accelerator(cpu=args.cpu)
         start_comfyui(comfy_dir, cpu=accelerator.device.type == "cpu")
-        from elite_core.comfyui.catversion_files import check_filename_prefix
+        from elite_core.comfyui.catversion_files import AdapterSaveError, check_adapter_name_length, check_filename_prefix
 
         name = check_filename_prefix(file_stem(args.class_word))
         recipe = recipe_from_args(args, accelerator.num_processes).checked()
+        if not args.output:
+            check_adapter_name_length(name, recipe.steps)
         model, clip, vae = load_sd1_checkpoint(args.checkpoint)
-        train(accelerator, model, clip, vae, images, recipe, args.output, name)
+        try:
+            train(accelerator, model, clip, vae, images, recipe, args.output, name)
+        except AdapterSaveError as exc:
+            log.error("%s", exc)
+            return 1
     except (SetupError, ELITEInputError) as exc:
         log.error("%s", exc)
         return 2

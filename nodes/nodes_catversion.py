@@ -5,8 +5,9 @@ from comfy_api.latest import io, ui
 
 from ..elite_core.catversion.training import CatVersionRecipe
 from ..elite_core.comfyui import catversion as comfy_catversion
+from ..elite_core.comfyui import catversion_files as comfy_catversion_files
 from ..elite_core.comfyui import catversion_training as comfy_catversion_training
-from .elite_types import CATVERSION_CATEGORY, CatVersionType, expert, schema
+from .elite_types import CATVERSION_CATEGORY, CatVersionType, check_widget_values, expert, schema
 
 TRAIN_ALIASES = ["catversion", "train concept", "textual inversion", "dreambooth", "personalize", "subject", "fine tune"]
 
@@ -119,10 +120,14 @@ class CatVersionTrain(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, filename_prefix=None, **_) -> bool | str:
-        if filename_prefix is None:
-            return True
+    def validate_inputs(cls, filename_prefix=None, **values) -> bool | str:
+        # **values: ComfyUI then skips its own checks of every widget, so check_widget_values makes them
+        checked = check_widget_values(cls, {"filename_prefix": filename_prefix, **values})
+        if checked is not True or filename_prefix is None:
+            return checked
         try:
+            steps = values.get("steps")
+            comfy_catversion_files.check_adapter_name_length(filename_prefix, steps if isinstance(steps, int) else None)
             comfy_catversion_training.check_filename_prefix(filename_prefix)
         except ValueError as exc:
             return str(exc)

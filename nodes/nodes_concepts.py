@@ -37,6 +37,17 @@ class ELITESaveConcept(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, filename_prefix, export_embedding=True) -> bool | str:
+        # None: linked, known only when the node runs (save_concept checks it then)
+        if not isinstance(filename_prefix, str):
+            return True
+        try:
+            comfy_concepts.check_concept_name_length(filename_prefix, export_embedding is not False)
+        except ELITEInputError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
     def execute(cls, concept, filename_prefix="elite_concept", export_embedding=True, image=None) -> io.NodeOutput:
         path, embedding = comfy_concepts.save_concept(concept, filename_prefix, image, export_embedding)
         name = path.rsplit("/", 1)[-1].rsplit("\\", 1)[-1]

@@ -4,7 +4,7 @@ image (CLIP-I, DINO-I, masked CLIP-I) and the prompt (CLIP-T), so settings can b
 from comfy_api.latest import io, ui
 
 from ..elite_core.comfyui import scoring as comfy_scoring
-from .elite_types import CATEGORY, expert, schema
+from .elite_types import CATEGORY, check_widget_values, expert, schema
 
 NOT_SCORED = "-1 when not scored (no model for it, no concept mask, or an empty prompt)."
 TITLES = {"clip_t": "CLIP-T", "clip_i": "CLIP-I", "masked_clip_i": "masked CLIP-I", "dino_i": "DINO-I"}
@@ -79,7 +79,7 @@ class _ScoreNode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, clip_model, dino_model, **_):
+    def validate_inputs(cls, clip_model, dino_model, **values):
         if clip_model == comfy_scoring.NONE and dino_model == comfy_scoring.NONE:
             return ("ELITE Score: choose a CLIP and/or a DINO model (put them in models/elite_eval: "
                     + comfy_scoring.PUT + ").")
@@ -89,7 +89,8 @@ class _ScoreNode(io.ComfyNode):
                                                              comfy_scoring.PUT)
                 if problem:
                     return problem
-        return True
+        # **values: ComfyUI then skips its own checks of every widget, so check_widget_values makes them
+        return check_widget_values(cls, {"clip_model": clip_model, "dino_model": dino_model, **values})
 
     @classmethod
     def execute(cls, images, reference, prompt, clip_model, dino_model, reference_mask=None, image_mask=None,

@@ -3,8 +3,10 @@ weights, determinism, the training node and its files, refusals, and the acceler
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -265,6 +267,60 @@ def test_a_failed_write_leaves_no_file(monkeypatch, tmp_path, sd1, photos):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_final_save_that_fails_keeps_the_trained_adapter_under_a_safe_name(sd1, photos, monkeypatch):
+    """The save of the finished run fails (here: the name is too long for the file system): the
+    adapter is written as catversion_<date>-<time>_00001.safetensors with the trained values, the
+    error names that file, and the next run with the same photos and settings loads it."""
+    model, clip, vae = sd1
+
+    def name_too_long(*args, **kwargs):
+        raise OSError(errno.ENAMETOOLONG, "File name too long")
+
+    monkeypatch.setattr(catversion_files, "save_trained_adapter", name_too_long)
+    before = set(os.listdir(CATVERSION_MODELS))
+    with pytest.raises(catversion_files.AdapterSaveError) as failed:
+        CatVersionTrain.execute(photos, model, clip, vae, CAPTION, "lost_name", 2, 0.01, 2, RESOLUTION, True, 31)
+    (kept,) = set(os.listdir(CATVERSION_MODELS)) - before
+    assert re.fullmatch(r"catversion_\d{8}-\d{6}_00001\.safetensors", kept), kept
+    assert str(CATVERSION_MODELS / kept) in str(failed.value) and "file name is too long" in str(failed.value)
+    saved = read_catversion_file(str(CATVERSION_MODELS / kept))
+    recipe = CatVersionRecipe(steps=2, batch_size=2, learning_rate=0.01, resolution=RESOLUTION, flip_probability=0.5,
+                              seed=31, caption=CAPTION)
+    trained, _ = training.train_concept(model, clip, vae, photos, recipe)
+    assert torch.equal(saved.keys, trained.keys) and torch.equal(saved.values, trained.values)
+    monkeypatch.undo()
+    try:
+        (again,) = CatVersionTrain.execute(photos, model, clip, vae, CAPTION, "lost_name", 2, 0.01, 2, RESOLUTION, True,
+                                           31).result
+        assert again.name == kept and torch.equal(again.keys, trained.keys)
+        assert set(os.listdir(CATVERSION_MODELS)) - before == {kept}  # loaded, not trained and saved again
+    finally:
+        os.remove(CATVERSION_MODELS / kept)
+
+
+def test_an_adapter_no_folder_of_comfyui_takes_goes_to_the_temporary_folder(tmp_path, monkeypatch):
+    gen = torch.Generator().manual_seed(5)
+    prefix = CatVersionPrefix(layers=(9, 10, 11), keys=torch.randn(3, 4, 768, generator=gen),
+                              values=torch.randn(3, 4, 768, generator=gen))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")  # models/catversion "inside" a file: nothing can be written there
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(catversion_files, "save_trained_adapter", disk_full)
+    monkeypatch.setattr(catversion_files, "save_folder", lambda folder: str(blocked / "catversion"))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    path, failure = catversion_files.keep_trained_adapter(prefix, "name", CatVersionRecipe(steps=5), 3, 3)
+    assert failure.errno == errno.ENOSPC and os.path.dirname(path) == str(tmp_path / "tmp")
+    assert re.fullmatch(r"catversion_\d{8}-\d{6}_00001_step3_of_5\.safetensors", os.path.basename(path))
+    saved = read_catversion_file(path)
+    assert torch.equal(saved.keys, prefix.keys) and torch.equal(saved.values, prefix.values)
+    message = catversion_files.kept_elsewhere_message("name", path, failure, 3)
+    assert path in message and "the disk is full" in message and "move it into models/catversion/" in message
+
+
 # --------------------------------------------------------------------------- refusals
 
 
@@ -407,6 +463,41 @@ def test_command_line_refuses_bad_setups_with_a_message(tmp_path):
     done = run_cli("--checkpoint", "missing.safetensors", "--images", str(empty), "--cpu", "--comfyui", str(COMFY_DIR),
                    tmp_path=tmp_path)
     assert done.returncode == 2 and "Checkpoint 'missing.safetensors' was not found" in done.stderr, done.stderr[-2000:]
+
+
+def test_command_line_refuses_an_output_it_could_not_write_before_loading_anything(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (32, 32)).save(photos / "a.png")
+    cases = [
+        (tmp_path / "missing" / "a.safetensors", "the folder", "does not exist"),
+        (photos, "is a folder", "give the adapter file to write"),
+        (tmp_path / ("x" * 300 + ".safetensors"), "is too long for a file name", "at most"),
+        (tmp_path / ("日" * 80 + ".safetensors"), "92 characters, 252 bytes in UTF-8", "at most"),
+    ]
+    for output, *messages in cases:
+        done = run_cli("--checkpoint", "missing.safetensors", "--images", str(photos), "--cpu", "--comfyui",
+                       str(COMFY_DIR), "--output", str(output), tmp_path=tmp_path)
+        assert done.returncode == 2 and all(m in done.stderr for m in messages), done.stderr[-2000:]
+        assert "Checkpoint" not in done.stderr and "Traceback" not in done.stderr  # refused before the checkpoint
+
+
+@pytest.mark.first_comfyui_only
+def test_command_line_keeps_the_adapter_when_its_output_cannot_be_written_at_the_end(tmp_path, accelerate_runs):
+    """The worker's ``train`` with an --output whose folder is gone by the end: the adapter of the
+    same run as accelerate_runs' "alone" is kept under a safe name, and the error names it."""
+    out = tmp_path / "gone" / "alone"
+    env = {**os.environ, "ELITE_COMFYUI_DIR": str(COMFY_DIR), "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "catversion_accelerate_worker.py"), str(out), "1", "3"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode != 0
+    found = re.search(r"Training finished, but .*gone/alone.safetensors could not be written \(.*\); the adapter of 3 "
+                      r"step\(s\) is kept as (\S+catversion_\d{8}-\d{6}_00001\.safetensors)\.", done.stderr)
+    assert found, done.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    kept, expected = load_file(found.group(1)), accelerate_runs["alone"][1]
+    assert kept.keys() == expected.keys() and all(torch.equal(kept[k], expected[k]) for k in kept)
 
 
 class _Payload:

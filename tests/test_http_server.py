@@ -108,6 +108,25 @@ def test_a_missing_mapper_is_refused_at_validation_over_http(server):
         run_prompt(url, missing, timeout=300)
 
 
+@pytest.mark.parametrize("name, value, expected", [
+    ("random_flip", "yes", 'random_flip: received "yes" (a string); expected true or false'),
+    ("random_flip", "false", 'random_flip: received "false" (a string); expected true or false'),
+    ("steps", 2.5, "steps: received 2.5 (a number); expected a whole number from 1 to 100000"),
+    ("seed", 2**64, f"seed: received {2**64} (a whole number); expected a whole number from 0 to {2**63 - 1}"),
+    ("filename_prefix", "x" * 300, "is too long for a file name: it is 300 characters, 300 bytes in UTF-8"),
+])
+def test_values_a_json_client_sends_are_refused_at_validation_over_http(server, name, value, expected):
+    """HTTP 400 naming the input, the value and what it takes; ComfyUI alone would take "false" as true,
+    2.5 as 2, and fail on the seed when the node runs."""
+    url, _ = server
+    prompt = tiny_prompt("08_catversion_train_then_apply")
+    prompt[node_id(prompt, "CatVersionTrain")]["inputs"].update({"steps": 1, "resolution": 64, name: value})
+    reply = requests.post(f"{url}/prompt", json={"prompt": prompt}, timeout=60)
+    assert reply.status_code == 400, reply.text[:2000]
+    shown = [e["details"] for node in reply.json()["node_errors"].values() for e in node["errors"]]
+    assert shown and all(expected in details for details in shown), shown[:2]
+
+
 def test_a_nan_strength_is_refused_by_the_node_over_http(server):
     """A NaN λ, which JSON clients can send, is refused by the node while executing."""
     url, _ = server

@@ -4,9 +4,13 @@ without ever leaving a half-written file, and finding one again by the fingerpri
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import re
+import tempfile
+import time
 
 import folder_paths
 
@@ -16,11 +20,19 @@ from ..common import files
 from ..common.checks import ELITEInputError
 from ..common.loss_curve import curve_summary
 from .catversion import MODEL_FOLDER
-from .folders import save_numbered
+from .folders import check_numbered_name_length, next_numbered_path_in, save_folder, save_numbered
+
+log = logging.getLogger("elite.catversion")
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
 FINGERPRINT_KEY = "training_fingerprint"
 _STOPPED_EARLY = re.compile(r"_step\d+_of_\d+$")  # a run that stopped before its last step (never reused)
+MOST_STEPS = 100000  # the training node's largest ``steps``: the longest name when the steps are not known yet
+FALLBACK_STEM = "catversion"  # a trained adapter whose own name could not be written: catversion_<time>_<n>
+
+
+class AdapterSaveError(RuntimeError):
+    """The trained adapter could not be written under its name; the message says where it was kept."""
 
 
 def adapter_metadata(recipe: CatVersionRecipe, steps_done: int, num_images: int, fingerprint: str | None = None,
@@ -55,14 +67,90 @@ def check_filename_prefix(filename_prefix: str) -> str:
     return name
 
 
+def stopped_early_suffix(steps_done: int, planned_steps: int) -> str:
+    return "" if steps_done == planned_steps else f"_step{steps_done}_of_{planned_steps}"
+
+
+def check_adapter_name_length(filename_prefix: str, planned_steps: int | None = None) -> None:
+    """Refuse a name whose adapter file would be too long for models/catversion's file system, the
+    longest one counted: a run stopped after ``planned_steps - 1`` steps, its counter, and the
+    temporary name of the atomic write (``planned_steps`` None: the node's largest)."""
+    steps = planned_steps if isinstance(planned_steps, int) and planned_steps > 0 else MOST_STEPS
+    check_numbered_name_length(MODEL_FOLDER, (filename_prefix or "").strip(), "adapter name",
+                               stopped_early_suffix(steps - 1, steps))
+
+
 def save_trained_adapter(prefix: CatVersionPrefix, filename_prefix: str, recipe: CatVersionRecipe, steps_done: int,
                          num_images: int, fingerprint: str | None = None, losses: list[float] | None = None) -> str:
     """Save as ``models/catversion/<prefix>_<n>.safetensors`` with the first free counter (never
     overwrites); a run that stopped early is named ``<prefix>_<n>_step<done>_of_<planned>``."""
     metadata = adapter_metadata(recipe, steps_done, num_images, fingerprint, losses)
-    suffix = "" if steps_done == recipe.steps else f"_step{steps_done}_of_{recipe.steps}"
     return save_numbered(MODEL_FOLDER, check_filename_prefix(filename_prefix),
-                         lambda partial: save_catversion_safetensors(prefix, partial, metadata), suffix)
+                         lambda partial: save_catversion_safetensors(prefix, partial, metadata),
+                         stopped_early_suffix(steps_done, recipe.steps))
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a save failed, in words (the system's message for a full disk, a name too long, no permission)."""
+    code = getattr(exc, "errno", None)
+    if code == errno.ENAMETOOLONG or "os error 36" in str(exc) or "name too long" in str(exc).lower():
+        return "the file name is too long for the file system"
+    if code in (errno.ENOSPC, errno.EDQUOT) or "os error 28" in str(exc):
+        return "the disk is full"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS) or "os error 13" in str(exc):
+        return "no permission to write there"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def keep_trained_adapter(prefix: CatVersionPrefix, filename_prefix: str, recipe: CatVersionRecipe, steps_done: int,
+                         num_images: int, fingerprint: str | None = None, losses: list[float] | None = None,
+                         output: str | None = None) -> tuple[str, Exception | None]:
+    """Save a trained prefix so that a failing save never loses it: as :func:`save_trained_adapter`
+    does (or to ``output``, the command line's own path), and when that fails (a name too long for
+    the file system, a full disk, no permission, ...) under a safe name,
+    ``catversion_<date>-<time>_<n>.safetensors``, in models/catversion, else in the system's temporary
+    folder. Returns the path written and the first save's error (None when it worked); raises that
+    error only when no place took the file."""
+    metadata = adapter_metadata(recipe, steps_done, num_images, fingerprint, losses)
+    try:
+        if output:
+            save_adapter_atomically(prefix, output, metadata)
+            return output, None
+        return save_trained_adapter(prefix, filename_prefix, recipe, steps_done, num_images, fingerprint, losses), None
+    except Exception as exc:  # whatever stopped the save, the adapter is kept below
+        failure = exc
+    log.error("CatVersion: the adapter %r could not be saved (%s); keeping it under a safe name", filename_prefix,
+              failure_reason(failure))
+    stem = time.strftime(f"{FALLBACK_STEM}_%Y%m%d-%H%M%S")
+    for where in _fallback_folders():
+        try:
+            path = next_numbered_path_in(where, stem, stopped_early_suffix(steps_done, recipe.steps))
+            save_adapter_atomically(prefix, path, metadata)
+        except Exception as exc:  # try the next place
+            log.error("CatVersion: could not keep the adapter in %s either (%s)", where, failure_reason(exc))
+            continue
+        log.warning("CatVersion: the trained adapter is kept as %s", path)
+        return path, failure
+    raise failure
+
+
+def kept_elsewhere_message(filename_prefix: str, path: str, failure: BaseException, steps_done: int) -> str:
+    """What the user reads when the adapter was kept under a safe name instead of its own."""
+    in_models = os.path.dirname(os.path.abspath(path)) == os.path.abspath(save_folder(MODEL_FOLDER))
+    where = ("press Run again with the same photos and settings to load it, or pick it in CatVersion Adapter Loader "
+             "(rename it as you like)" if in_models else
+             "move it into models/catversion/ and pick it in CatVersion Adapter Loader")
+    return (f"CatVersion training finished {steps_done} step(s), but the adapter could not be saved under the name "
+            f"{(filename_prefix or '')[:60]!r} in models/catversion ({failure_reason(failure)}). Nothing is lost: "
+            f"the trained adapter is kept as {path}; {where}.")
+
+
+def _fallback_folders() -> list[str]:
+    try:
+        folders = [save_folder(MODEL_FOLDER)]
+    except Exception:  # the folder is not registered (a bare ComfyUI): the temporary folder remains
+        folders = []
+    return folders + [tempfile.gettempdir()]
 
 
 def find_trained_adapter(fingerprint: str, filename_prefix: str | None = None) -> str | None:

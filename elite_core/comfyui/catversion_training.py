@@ -34,7 +34,15 @@ from ..common.checks import ELITEInputError, check_image
 from ..common.images import pil_to_image
 from ..common.loss_curve import loss_curve_image
 from .catversion import MODEL_FOLDER, PrefixedAttentionBase, check_sd1_clip, text_layer_key, unwrapped_self_attention
-from .catversion_files import check_filename_prefix, find_trained_adapter, save_trained_adapter, stored_curve
+from .catversion_files import (
+    AdapterSaveError,
+    check_adapter_name_length,
+    check_filename_prefix,
+    find_trained_adapter,
+    keep_trained_adapter,
+    kept_elsewhere_message,
+    stored_curve,
+)
 from .elite_patch import model_sd1_width
 from .fingerprints import sd1_models_fingerprint
 from .training_progress import ComfyProgress, show_text
@@ -253,8 +261,12 @@ def train_or_reuse(model, clip, vae, images: torch.Tensor, recipe: CatVersionRec
     """The training node. Unless ``retrain``, a complete adapter in models/catversion made from the
     same photos, recipe and base models (its metadata's fingerprint: ``training_fingerprint`` and
     ``fingerprints.sd1_models_fingerprint``) is loaded instead of training. Otherwise: train with
-    the progress in the UI and interrupt handling, then save a new numbered file."""
+    the progress in the UI and interrupt handling, then save a new numbered file. A name too long
+    for the file system is refused before training; a save that fails all the same keeps the
+    adapter under a safe name (``catversion_files.keep_trained_adapter``) and raises
+    :class:`AdapterSaveError` naming that file."""
     recipe = recipe.checked()
+    check_adapter_name_length(filename_prefix, recipe.steps)
     check_filename_prefix(filename_prefix)
     num_images = check_images(images)
     check_models(model, clip, vae)
@@ -269,7 +281,11 @@ def train_or_reuse(model, clip, vae, images: torch.Tensor, recipe: CatVersionRec
     progress = ComfyProgress(filename_prefix, recipe, num_images, node_id=node_id, fingerprint=fingerprint)
     prefix, losses = train_concept(model, clip, vae, images, recipe, on_step=progress.on_step, name=filename_prefix,
                                    on_abort=progress.on_abort)
-    path = save_trained_adapter(prefix, filename_prefix, recipe, recipe.steps, num_images, fingerprint, losses)
+    path, failure = keep_trained_adapter(prefix, filename_prefix, recipe, recipe.steps, num_images, fingerprint, losses)
+    if failure is not None:  # kept under a safe name: say where, and stop the workflow here
+        message = kept_elsewhere_message(filename_prefix, path, failure, recipe.steps)
+        show_text(message, node_id)
+        raise AdapterSaveError(message) from failure
     name = os.path.basename(path)
     log.info("CatVersion: saved %s (loss %.5f at the first step, %.5f at the last)", path, losses[0], losses[-1])
     message = (f"Saved {name} in models/catversion: {recipe.steps} steps, loss {losses[0]:.4f} at the first step, "

@@ -21,7 +21,7 @@ from ..common.images import image_to_uint8
 from ..elite.concept import ELITEConcept, LocalBranch
 from ..elite.concept_store import ConceptFileError, kv_fingerprint, read_concept, write_concept
 from .elite import LoadedMapper
-from .folders import missing_file_message, register_folder, save_numbered
+from .folders import check_numbered_name_length, missing_file_message, register_folder, save_numbered
 
 log = logging.getLogger("elite")
 
@@ -55,6 +55,7 @@ def save_concept(concept: ELITEConcept, filename_prefix: str, image: torch.Tenso
     if not _SAFE_NAME.match(name) or ".." in name:
         raise ELITEInputError(f"The concept name {filename_prefix!r} cannot be a file name: use letters, digits, '.', "
                               "'_' and '-' (no spaces, no folders), e.g. 'my_cat'.")
+    check_concept_name_length(name, export_embedding)
     metadata = {"global_mapper": concept.global_name, "global_fingerprint": kv_fingerprint(concept.global_kv)}
     tokens = None
     if concept.local is not None:
@@ -80,6 +81,15 @@ def save_concept(concept: ELITEConcept, filename_prefix: str, image: torch.Tenso
                         "not exported (the concept itself is saved as %s).", stem, path)
             embedding = None
     return path, embedding
+
+
+def check_concept_name_length(filename_prefix: str, export_embedding: bool = True) -> None:
+    """Refuse a name whose concept file (or exported embedding, named alike) would be too long for
+    its folder's file system: ``<name>_00001.safetensors`` and the temporary name of the atomic write."""
+    name = (filename_prefix or "").strip()
+    check_numbered_name_length(CONCEPT_FOLDER, name, "concept name")
+    if export_embedding:
+        check_numbered_name_length(EMBEDDING_FOLDER, name, "concept name")
 
 
 def missing_concept_message(concept_name) -> str | None:

@@ -41,14 +41,35 @@ def missing_file_message(folder: str, name, what: str, put: str) -> str | None:
     )
 
 
+def save_folder(folder: str) -> str:
+    """The folder saves into ``models/<folder>`` go to (the first registered one)."""
+    return folder_paths.get_folder_paths(folder)[0]
+
+
+def numbered_file_name(name: str, suffix: str = "", counter: int = 1) -> str:
+    return f"{name}_{counter:05d}{suffix}.safetensors"
+
+
 def next_numbered_path(folder: str, name: str, suffix: str = "") -> str:
     """``models/<folder>/<name>_<00001><suffix>.safetensors`` with the first free counter (a file
     of that name with any suffix takes its number): a save never overwrites."""
-    path = folder_paths.get_folder_paths(folder)[0]
+    return next_numbered_path_in(save_folder(folder), name, suffix)
+
+
+def next_numbered_path_in(path: str, name: str, suffix: str = "") -> str:
+    """:func:`next_numbered_path` in the directory ``path`` (created when missing)."""
     os.makedirs(path, exist_ok=True)
     taken = re.compile(rf"^{re.escape(name)}_(\d{{5}})(?:_.*)?\.safetensors$")
     counters = [int(m.group(1)) for f in os.listdir(path) for m in [taken.match(f)] if m]
-    return os.path.join(path, f"{name}_{max(counters, default=0) + 1:05d}{suffix}.safetensors")
+    return os.path.join(path, numbered_file_name(name, suffix, max(counters, default=0) + 1))
+
+
+def check_numbered_name_length(folder: str, name: str, what: str, longest_suffix: str = "") -> None:
+    """Refuse a ``name`` whose numbered file (:func:`next_numbered_path`, with ``longest_suffix``)
+    is longer than ``models/<folder>``'s file system
+    takes (``files.check_name_length``), before anything is computed for it."""
+    longest = numbered_file_name(name, longest_suffix)
+    files.check_name_length(save_folder(folder), name, longest, what)
 
 
 def save_numbered(folder: str, name: str, write, suffix: str = "") -> str:

@@ -13,7 +13,7 @@ import comfy.utils
 
 from ..catversion.training import CatVersionRecipe, StepReport
 from ..common.loss_curve import loss_curve_image
-from .catversion_files import save_trained_adapter
+from .catversion_files import failure_reason, keep_trained_adapter
 
 log = logging.getLogger("elite.catversion")
 
@@ -68,11 +68,13 @@ class ComfyProgress:
         comfy.model_management.throw_exception_if_processing_interrupted()
 
     def on_abort(self, report: StepReport, exc: BaseException) -> None:
-        path = save_trained_adapter(report.prefix(), self.filename_prefix, self.recipe, report.step, self.num_images,
-                                    self.fingerprint, self.losses[:report.step])
+        path, failure = keep_trained_adapter(report.prefix(), self.filename_prefix, self.recipe, report.step,
+                                             self.num_images, self.fingerprint, self.losses[:report.step])
         why = "interrupted" if isinstance(exc, (comfy.model_management.InterruptProcessingException, KeyboardInterrupt)) \
             else f"stopped by an error ({type(exc).__name__})"
+        shown = os.path.basename(path) if failure is None else \
+            f"{path} (its own name could not be written: {failure_reason(failure)})"
         log.warning("CatVersion: training %s after step %d of %d; the prefix of that step is saved as %s", why,
-                    report.step, report.steps, path)
+                    report.step, report.steps, shown)
         show_text(f"Training {why} after step {report.step} of {report.steps}; that step's prefix is saved as "
-                  f"{os.path.basename(path)}.", self.node_id)
+                  f"{shown}.", self.node_id)

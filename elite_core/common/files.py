@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .checks import InputError
+
 SAFETENSORS_EXTENSIONS = (".safetensors", ".sft")
 PICKLE_EXTENSIONS = (".pt", ".pth", ".bin", ".ckpt")
 # the photo files the pack's folders are read for (training data, CatVersion photos, benchmarks)
@@ -133,6 +135,10 @@ def owned(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: tensor.clone(memory_format=torch.contiguous_format) for key, tensor in tensors.items()}
 
 
+PARTIAL_SUFFIX = ".partial"  # how write_atomically's temporary files end (their names are short: .<32 chars>.<random>)
+DEFAULT_NAME_MAX = 255  # bytes in one file name: ext4, XFS, APFS, NTFS (in UTF-16 units), ...
+
+
 def write_atomically(path: str, write, overwrite: bool = True) -> None:
     """``write(temporary_path)``, then rename the result to ``path``: a reader never sees a
     half-written file, and a failed write leaves nothing behind. The temporary file is a new, unique
@@ -141,7 +147,7 @@ def write_atomically(path: str, write, overwrite: bool = True) -> None:
     file is linked into place and :class:`FileExistsError` says another writer took the name first.
     The file gets the permissions of any new file here (:data:`FILE_MODE`), whatever the writer used."""
     folder, name = os.path.split(os.path.abspath(path))
-    handle, partial = tempfile.mkstemp(dir=folder, prefix=f".{name[:32]}.", suffix=".partial")
+    handle, partial = tempfile.mkstemp(dir=folder, prefix=f".{name[:32]}.", suffix=PARTIAL_SUFFIX)
     os.close(handle)
     try:
         write(partial)
@@ -164,6 +170,39 @@ def _claim(partial: str, path: str) -> None:
     except OSError:  # a file system without hard links: claim the name, then move the file over it
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE))
         os.replace(partial, path)
+
+
+def name_max(folder: str) -> int:
+    """The longest file name, in bytes, that the file system holding ``folder`` takes (its nearest
+    existing parent where it does not exist yet); :data:`DEFAULT_NAME_MAX` where the system cannot say."""
+    probe = os.path.abspath(folder)
+    while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        limit = os.pathconf(probe, "PC_NAME_MAX")
+    except (AttributeError, ValueError, OSError):  # no pathconf (Windows), or the system has no such limit
+        return DEFAULT_NAME_MAX
+    return limit if isinstance(limit, int) and limit > 0 else DEFAULT_NAME_MAX
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def check_name_length(folder: str, name: str, longest_file: str, what: str) -> None:
+    """Refuse ``name`` when ``longest_file``, the longest file name a save makes of it in ``folder``
+    (counter and suffix included; :func:`write_atomically`'s temporary names are short), has more bytes in UTF-8
+    than the folder's file system takes: the save would fail with "File name too long"."""
+    size, limit = _utf8_size(longest_file), name_max(folder)
+    if size <= limit:
+        return
+    name_bytes = _utf8_size(name)
+    shown = name if len(name) <= 40 else name[:40] + "..."
+    raise InputError(
+        f"The {what} {shown!r} is too long for a file name: it is {len(name)} characters, {name_bytes} bytes in UTF-8, "
+        f"and the file saved from it ('{longest_file[len(name):]}' added) would have a {size}-byte name; the file "
+        f"system of {folder} takes at most {limit} bytes per name. Use a name "
+        f"of at most {name_bytes - (size - limit)} bytes (letters outside A-Z take 2-4 bytes each).")
 
 
 def disk_full(exc: BaseException, where: str) -> str | None:
