@@ -56,8 +56,8 @@ class CatVersionApply(io.ComfyNode):
                 "the authors do. Chain two Apply nodes for two concepts."
             ),
             inputs=[
-                io.Clip.Input("clip", tooltip="The CLIP of an SD1.x checkpoint. Leave CLIP Set Last Layer at -1: the "
-                                              "concept lives in the last three layers."),
+                io.Clip.Input("clip", tooltip="The CLIP of an SD1.x checkpoint. Leave CLIP Set Last Layer at -1, before "
+                                              "and after this node: the concept lives in the last three layers."),
                 CatVersionType.Input("catversion", tooltip="From CatVersion Adapter Loader or CatVersion Train Concept."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.05,
                                tooltip="How strongly the concept shows: 1 as in the paper, 0 turns it off, "
@@ -92,7 +92,8 @@ class CatVersionTrain(io.ComfyNode):
                 io.Image.Input("images", tooltip="3-10 photos of the concept as one IMAGE batch (e.g. Batch Images). "
                                                  "Each is squashed to resolution x resolution, as in the paper."),
                 io.Model.Input("model", tooltip="The SD1.x MODEL (frozen)."),
-                io.Clip.Input("clip", tooltip="The SD1.x CLIP (frozen; the prefix is learned for its layers 9-11)."),
+                io.Clip.Input("clip", tooltip="The SD1.x CLIP (frozen; the prefix is learned for its layers 9-11, at "
+                                              "its final layer even after CLIP Set Last Layer)."),
                 io.Vae.Input("vae", tooltip="The SD1.x VAE (frozen; encodes the photos)."),
                 io.String.Input("class_word", default="", tooltip=(
                     "The training caption: the concept's class word (e.g. 'teddybear'), as the authors advise. "

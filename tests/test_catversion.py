@@ -9,6 +9,8 @@ import pytest
 import torch
 from conftest import CATVERSION_CONCEPTS, CATVERSION_DATA, CATVERSION_MODELS, ELITE_MODELS, TINY_GLOBAL_MAPPER
 
+import nodes
+
 from comfyui_elite.elite_core.catversion.prefix import (
     CatVersionFormatError,
     CatVersionPrefix,
@@ -153,17 +155,47 @@ def test_strength_and_two_concepts_follow_the_reference(clip_l, catversion_data,
     torch.testing.assert_close(cond[0], expected[0], atol=1e-5, rtol=0)
 
 
-def test_clip_set_last_layer_cuts_prefixes_and_warns(clip_l, catversion_data, caplog):
-    cut = clip_l.clone()
-    cut.clip_layer(-2)  # what CLIP Set Last Layer does
+def cut_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "elite.catversion" and r.levelno == logging.WARNING
+            and "CLIP Set Last Layer" in r.getMessage()]
+
+
+@pytest.mark.parametrize("order", ["set last layer, then apply", "apply, then set last layer"])
+def test_clip_set_last_layer_cuts_prefixes_and_warns_once_in_either_order(clip_l, catversion_data, caplog, order):
+    """CLIP Set Last Layer -2 before or after CatVersion Apply (ComfyUI's nodes): layer 11's prefix has
+    no effect, as in the reference stopped at layer 10, and the log says so once: when Apply sees the
+    cut, or when the prompt is encoded for a cut made after it."""
     (adapter,) = CatVersionLoader.execute("teddybear.bin").result
+    set_last_layer, text_encode = nodes.CLIPSetLastLayer(), nodes.CLIPTextEncode()
     with caplog.at_level(logging.WARNING, logger="elite.catversion"):
-        patched = CatVersionApply.execute(cut, adapter, 1.0).result[0]
-    assert "prefixes of layers [11] have no effect" in caplog.text
-    cond = encode(patched, PROMPTS[0])
+        if order.startswith("set"):
+            patched = CatVersionApply.execute(set_last_layer.set_last_layer(clip_l, -2)[0], adapter, 1.0).result[0]
+            assert len(cut_warnings(caplog)) == 1  # seen when applied
+        else:
+            patched = set_last_layer.set_last_layer(CatVersionApply.execute(clip_l, adapter, 1.0).result[0], -2)[0]
+            assert cut_warnings(caplog) == []  # nothing to see yet: the cut acts when the prompt is encoded
+        ((cond, _),) = text_encode.encode(patched, PROMPTS[0])[0]
+        text_encode.encode(patched, PROMPTS[1])
+    (warning,) = cut_warnings(caplog)
+    assert warning.startswith("CatVersion (teddybear.bin): the CLIP stops at layer -2")
+    assert "the adapter's layers after the cut are not used: the prefixes of layers [11] have no effect" in warning
+    assert ("before CatVersion Apply" if order.startswith("set") else "after CatVersion Apply") in warning
     expected, _ = reference_text_encoder(clip_state(clip_l), token_ids(clip_l, PROMPTS[0]),
                                          reference_prefixes(("teddybear", 1.0)), last_layer=10)
     torch.testing.assert_close(cond[0], expected[0], atol=1e-5, rtol=0)
+
+
+def test_an_uncut_clip_and_the_plain_clip_after_an_apply_stay_silent(clip_l, catversion_data, caplog):
+    """No cut warning for the patched CLIP at -1, nor for the CLIP given to Apply cut afterwards (it
+    carries no adapter, e.g. for the negative prompt)."""
+    (adapter,) = CatVersionLoader.execute("teddybear.bin").result
+    set_last_layer, text_encode = nodes.CLIPSetLastLayer(), nodes.CLIPTextEncode()
+    with caplog.at_level(logging.WARNING, logger="elite.catversion"):
+        patched = CatVersionApply.execute(clip_l, adapter, 1.0).result[0]
+        text_encode.encode(set_last_layer.set_last_layer(patched, -1)[0], PROMPTS[0])
+        text_encode.encode(set_last_layer.set_last_layer(clip_l, -2)[0], PROMPTS[0])
+        text_encode.encode(patched, PROMPTS[0])
+    assert cut_warnings(caplog) == []
 
 
 @pytest.mark.parametrize("lora_first", [True, False], ids=["lora-then-catversion", "catversion-then-lora"])

@@ -18,6 +18,7 @@ from safetensors import safe_open
 import comfy.model_management
 import comfy.sd
 import comfy.utils
+import nodes
 
 from comfyui_elite.elite_core.catversion.training import CatVersionRecipe, training_fingerprint
 from comfyui_elite.elite_core.comfyui import catversion_files, training_progress
@@ -178,11 +179,13 @@ def test_the_base_models_fingerprint_changes_when_a_weight_changes(part, how, sm
     assert models_fingerprint(model, clip, vae) == plain_fingerprint
 
 
-def test_the_base_models_fingerprint_changes_with_the_clip_layer_and_the_caption_tokens(small, plain_fingerprint):
+def test_the_base_models_fingerprint_changes_with_the_caption_tokens_not_with_a_clip_skip(small, plain_fingerprint):
+    """The training encodes at the final layer whatever CLIP Set Last Layer says (test_catversion_training.py
+    checks that): a cut CLIP trains the same adapter as the uncut one, so it has the same fingerprint."""
     model, clip, vae = small
-    skipped = clip.clone()
-    skipped.clip_layer(-2)
-    assert models_fingerprint(model, skipped, vae) != plain_fingerprint
+    for last_layer in (-2, -4):
+        (skipped,) = nodes.CLIPSetLastLayer().set_last_layer(clip, last_layer)
+        assert models_fingerprint(model, skipped, vae) == plain_fingerprint
     assert models_fingerprint(model, clip, vae, "teddy bear") != plain_fingerprint
 
 
@@ -312,6 +315,34 @@ def test_a_second_run_with_the_same_photos_settings_and_models_loads_the_saved_a
     renamed = run_node(sd1, photos, **{**FIRST, "prefix": "reuse_renamed"})
     assert trainings == [] and renamed.result[0].name == "reuse_00001.safetensors"
     assert adapter_files("reuse_renamed") == []
+
+
+def test_a_clip_skipped_clip_trains_the_adapter_of_the_uncut_one_says_why_and_finds_it(first_run, sd1, photos,
+                                                                                      trainings, browser, caplog):
+    """CLIP Set Last Layer -2 before the training node: the run trains at the final layer, the very adapter
+    of the uncut CLIP (first_run), with a note on the node and in the log; without retrain it finds the
+    uncut CLIP's file and says the same."""
+    model, clip, vae = sd1
+    recording, _ = browser
+    (skipped,) = nodes.CLIPSetLastLayer().set_last_layer(clip, -2)
+    note = ("This CLIP skips its last layer (CLIP Set Last Layer -2); CatVersion trains at the final layer as the paper "
+            "does; the adapter is applied to whatever CLIP you give CatVersion Apply.")
+    found = CatVersionTrain.execute(photos, model, skipped, vae, CAPTION, FIRST["prefix"], FIRST["steps"], 0.01, 2,
+                                    RESOLUTION, True, FIRST["seed"])
+    assert trainings == [] and found.result[0].name == "reuse_00001.safetensors"
+    (text,) = found.ui["text"]
+    assert text.startswith("Found reuse_00001.safetensors") and text.endswith(note)
+    recipe = CatVersionRecipe(steps=FIRST["steps"], resolution=RESOLUTION, caption=CAPTION, seed=FIRST["seed"])
+    with caplog.at_level("INFO", logger="elite.catversion"):
+        again = training.train_or_reuse(model, skipped, vae, photos, recipe, "reuse_skipped", retrain=True, node_id="7")
+    assert trainings == [3] and adapter_files("reuse_skipped") == ["reuse_skipped_00001.safetensors"]
+    trained = first_run[0].adapter
+    assert torch.equal(again.adapter.keys, trained.keys) and torch.equal(again.adapter.values, trained.values)
+    shown = [text for _, text, _ in recording.texts]
+    assert shown and all(text.endswith(note) for text in shown)  # under every step's text, and the last message
+    assert f"CatVersion: {note}" in caplog.text
+    os.remove(CATVERSION_MODELS / "reuse_skipped_00001.safetensors")  # the tests below find reuse_00001 by this fingerprint
+    assert skipped.layer_idx == -2 and clip.layer_idx is None
 
 
 def test_a_damaged_file_is_passed_over(first_run, sd1, photos, trainings):

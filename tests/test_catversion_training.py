@@ -18,6 +18,7 @@ from conftest import CATVERSION_MODELS, COMFY_DIR
 from PIL import Image, ImageOps
 
 import comfy.model_management
+import nodes
 
 from comfyui_elite.elite_core.catversion.prefix import CatVersionPrefix, prefixes_from_flat, read_catversion_file
 from comfyui_elite.elite_core.catversion.training import (
@@ -143,6 +144,44 @@ def test_one_step_loss_equals_the_reference_formula(sd1, photos, record_parity):
     record_parity(loss.detach(), expected, "(one-step loss)")
     assert abs(loss.item() - expected.item()) <= 1e-5 * expected.item()
     assert abs(flipped - loss.item()) > 1e-4 and abs(later - loss.item()) > 1e-4
+
+
+def prefix_gradients(frozen, photos, layers) -> tuple[torch.Tensor, torch.Tensor]:
+    """d(loss)/d(keys), d(loss)/d(values), (layers, 1, 768) each, for one fixed draw."""
+    flat = torch.randn(len(layers) * 2 * 768, generator=torch.Generator().manual_seed(9))
+    gen = torch.Generator().manual_seed(10)
+    draw = StepDraw(indices=torch.tensor([0, 1]), flips=torch.tensor([False, True]), timesteps=torch.tensor([400, 17]),
+                    posterior_noise=torch.randn(2, 4, 8, 8, generator=gen), noise=torch.randn(2, 4, 8, 8, generator=gen))
+    mean, std = posterior_cache(frozen, squash_images(photos.clone(), RESOLUTION))
+    objective = PrefixObjective(frozen, flat, layers, mean, std, scaled_linear_schedule())
+    objective(draw).backward()
+    return prefixes_from_flat(objective.flat.grad.detach().clone(), len(layers))
+
+
+@pytest.mark.parametrize("last_layer", [-2, -4])
+def test_a_clip_skipped_clip_trains_every_prefixed_layer_at_the_final_layer(sd1, photos, last_layer):
+    """A CLIP through CLIP Set Last Layer: the caption is still encoded at the final layer, so every
+    prefixed layer's keys and values get a gradient (at -2, layer 11's were exactly zero), the very one
+    the uncut CLIP gives; the CLIP given keeps its setting."""
+    model, clip, vae = sd1
+    (skipped,) = nodes.CLIPSetLastLayer().set_last_layer(clip, last_layer)
+    layers = QUICK.layers
+    grads = {}
+    with torch.inference_mode(False):
+        for name, which in (("skipped", skipped), ("plain", clip)):
+            frozen = training.ComfyFrozenSD1(model, which, vae, CAPTION, layers)
+            frozen.load_for_training()
+            with training.frozen_for_autograd(frozen.frozen_modules()):
+                grads[name] = prefix_gradients(frozen, photos, layers)
+    keys, values = grads["skipped"]
+    for j, layer in enumerate(layers):
+        assert keys[j].abs().max() > 0 and values[j].abs().max() > 0, f"no gradient on layer {layer}'s prefix"
+    assert torch.equal(keys, grads["plain"][0]) and torch.equal(values, grads["plain"][1])
+    assert skipped.layer_idx == last_layer and clip.layer_idx is None
+    assert training.clip_skip_note(clip) is None
+    assert training.clip_skip_note(skipped).startswith(
+        "This CLIP skips its last layer (CLIP Set Last Layer -2)" if last_layer == -2 else
+        "This CLIP skips its last 3 layers (CLIP Set Last Layer -4)")
 
 
 # --------------------------------------------------------------------------- learning

@@ -3,6 +3,9 @@ training node and the command-line trainer share.
 
 * :class:`ComfyFrozenSD1` gives ``catversion_training`` what it needs (VAE posterior, the caption
   through a clone of the CLIP whose layers 9-11 read the live prefix, the UNet's epsilon).
+  The clone encodes at the final text layer, as the authors train, even when the CLIP given has a
+  CLIP Set Last Layer cut (which would leave the layer-11 prefix without a gradient); the run says so
+  (:func:`clip_skip_note`), and the CLIP given keeps its setting.
 * :func:`train_concept` runs the recipe on them (``catversion_files`` names and writes the result,
   ``training_progress`` shows the run in the browser).
 * :func:`train_or_reuse` is the training node: it first looks in ``models/catversion`` (file
@@ -33,7 +36,15 @@ from ..common import files
 from ..common.checks import ELITEInputError, check_image
 from ..common.images import pil_to_image
 from ..common.loss_curve import loss_curve_image
-from .catversion import MODEL_FOLDER, PrefixedAttentionBase, check_sd1_clip, text_layer_key, unwrapped_self_attention
+from .catversion import (
+    MODEL_FOLDER,
+    PrefixedAttentionBase,
+    check_sd1_clip,
+    clip_last_layer,
+    final_layer_clone,
+    text_layer_key,
+    unwrapped_self_attention,
+)
 from .catversion_files import (
     AdapterSaveError,
     check_adapter_name_length,
@@ -129,14 +140,15 @@ class ComfyFrozenSD1:
     """The frozen SD1.x MODEL, CLIP and VAE seen through ``catversion_training.FrozenSD1``.
 
     The CLIP clone runs text layers ``grad_from_layer``..11 (default: the first prefixed layer) so that
-    gradients can pass through them, and reads the live prefix in ``layers``.
+    gradients can pass through them, reads the live prefix in ``layers`` and encodes the caption at the
+    final layer, whatever CLIP Set Last Layer set on ``clip``.
     """
 
     def __init__(self, model, clip, vae, caption: str, layers: tuple[int, ...], grad_from_layer: int | None = None):
         check_models(model, clip, vae)
         self.model, self.vae = model, vae
         self.live = _LiveRows()
-        self.clip = clip.clone()
+        self.clip = final_layer_clone(clip)
         first = min(layers) if grad_from_layer is None else grad_from_layer
         for layer in range(first, NUM_TEXT_LAYERS):  # every layer the gradient passes through
             attention = unwrapped_self_attention(self.clip, layer)
@@ -207,15 +219,30 @@ def frozen_for_autograd(modules: list[torch.nn.Module]):
             param.requires_grad_(True)
 
 
+def clip_skip_note(clip) -> str | None:
+    """What the training does with a CLIP that CLIP Set Last Layer cut, in the artist's words (None for
+    a CLIP that runs to its final layer)."""
+    skipped = NUM_TEXT_LAYERS - 1 - clip_last_layer(clip)
+    if skipped <= 0:
+        return None
+    what = "its last layer" if skipped == 1 else f"its last {skipped} layers"
+    return (f"This CLIP skips {what} (CLIP Set Last Layer {-1 - skipped}); CatVersion trains at the final layer as the "
+            "paper does; the adapter is applied to whatever CLIP you give CatVersion Apply.")
+
+
 def train_concept(model, clip, vae, images, recipe: CatVersionRecipe, run: TrainingRun | None = None,
                   on_step=None, name: str = "CatVersion adapter", on_abort=None) -> tuple[CatVersionPrefix, list[float]]:
-    """Learn a CatVersion prefix on ComfyUI models (the training node and the command line)."""
+    """Learn a CatVersion prefix on ComfyUI models (the training node and the command line), at the
+    CLIP's final layer whatever CLIP Set Last Layer set on it."""
     recipe = recipe.checked()
     batches = [images] if isinstance(images, torch.Tensor) else list(images)  # one IMAGE, or one per photo
     count = check_images(batches)
     if not RECOMMENDED_IMAGES[0] <= count <= RECOMMENDED_IMAGES[1]:
         log.warning("CatVersion: training on %d image(s); the paper uses %d-%d photos of the concept.", count,
                     *RECOMMENDED_IMAGES)
+    note = clip_skip_note(clip)
+    if note:
+        log.warning("CatVersion: %s", note)
     with torch.inference_mode(False), torch.enable_grad():
         frozen = ComfyFrozenSD1(model, clip, vae, recipe.caption, recipe.layers)
         images = [batch.clone() for batch in batches]  # ordinary tensors (an IMAGE is made in inference mode)
@@ -240,13 +267,13 @@ class TrainingResult:
     curve: torch.Tensor | None
 
 
-def _reuse(path: str) -> TrainingResult:
+def _reuse(path: str, note: str | None) -> TrainingResult:
     name = os.path.basename(path)
     metadata = files.safetensors_metadata(path, MODEL_FOLDER)
     prefix = read_catversion_file(path)
     adapter = CatVersionPrefix(layers=prefix.layers, keys=prefix.keys, values=prefix.values, name=name)
     message = (f"Found {name}, trained from these photos and settings: not training again "
-               "(turn on retrain for a new run).")
+               "(turn on retrain for a new run)." + (f"\n{note}" if note else ""))
     curve = stored_curve(metadata)
     steps = metadata.get("steps", "")
     last_step = int(steps) if steps.isdigit() else None  # the stored curve is a summary of all the steps
@@ -264,21 +291,24 @@ def train_or_reuse(model, clip, vae, images: torch.Tensor, recipe: CatVersionRec
     the progress in the UI and interrupt handling, then save a new numbered file. A name too long
     for the file system is refused before training; a save that fails all the same keeps the
     adapter under a safe name (``catversion_files.keep_trained_adapter``) and raises
-    :class:`AdapterSaveError` naming that file."""
+    :class:`AdapterSaveError` naming that file. A CLIP that CLIP Set
+    Last Layer cut trains (and finds) the same adapter as the uncut one: the training runs at the final
+    layer either way, and the node's text says so."""
     recipe = recipe.checked()
     check_adapter_name_length(filename_prefix, recipe.steps)
     check_filename_prefix(filename_prefix)
     num_images = check_images(images)
     check_models(model, clip, vae)
     fingerprint = training_fingerprint(images, recipe, sd1_models_fingerprint(model, clip, vae, recipe.caption))
+    note = clip_skip_note(clip)
     if not retrain:
         found = find_trained_adapter(fingerprint, filename_prefix)
         if found is not None:
-            result = _reuse(found)
+            result = _reuse(found, note)
             log.info("CatVersion: %s", result.message)
             show_text(result.message, node_id)
             return result
-    progress = ComfyProgress(filename_prefix, recipe, num_images, node_id=node_id, fingerprint=fingerprint)
+    progress = ComfyProgress(filename_prefix, recipe, num_images, node_id=node_id, fingerprint=fingerprint, note=note)
     prefix, losses = train_concept(model, clip, vae, images, recipe, on_step=progress.on_step, name=filename_prefix,
                                    on_abort=progress.on_abort)
     path, failure = keep_trained_adapter(prefix, filename_prefix, recipe, recipe.steps, num_images, fingerprint, losses)
@@ -289,7 +319,7 @@ def train_or_reuse(model, clip, vae, images: torch.Tensor, recipe: CatVersionRec
     name = os.path.basename(path)
     log.info("CatVersion: saved %s (loss %.5f at the first step, %.5f at the last)", path, losses[0], losses[-1])
     message = (f"Saved {name} in models/catversion: {recipe.steps} steps, loss {losses[0]:.4f} at the first step, "
-               f"{losses[-1]:.4f} at the last.")
+               f"{losses[-1]:.4f} at the last." + (f"\n{note}" if note else ""))
     show_text(message, node_id)
     adapter = CatVersionPrefix(layers=prefix.layers, keys=prefix.keys, values=prefix.values, name=name)
     curve = pil_to_image(loss_curve_image(losses, recipe.steps, f"{name}: {recipe.steps} steps"))

@@ -23,6 +23,7 @@ import numbers
 import torch
 
 from ..common.fingerprint import Fingerprint
+from .catversion import final_layer_clone
 
 
 def add_patch_value(fingerprint: Fingerprint, value) -> None:
@@ -88,8 +89,13 @@ def add_patcher(fingerprint: Fingerprint, patcher) -> None:
 
 def sd1_models_fingerprint(model, clip, vae, caption: str) -> str:
     """The frozen MODEL, CLIP and VAE as CatVersion training uses them: each one's patcher
-    (:func:`add_patcher`), the dtypes they compute in, the latent scale, the CLIP's output layer and
-    the tokens of ``caption`` (textual-inversion embeddings in it included)."""
+    (:func:`add_patcher`), the dtypes they compute in, the latent scale, the CLIP's output layer in
+    the training and the tokens of ``caption`` (textual-inversion embeddings in it included).
+
+    The training encodes the caption at the final layer whatever CLIP Set Last Layer set on the CLIP
+    (``catversion.final_layer_clone``), so the cut is left out: a cut and an uncut CLIP of the same
+    checkpoint train the same adapter and find it again. The output layer is still written, as the
+    None of ComfyUI's "no layer option", which keeps the fingerprints of adapters saved before."""
     fingerprint = Fingerprint("ComfyUI SD1 models v1")
     base = model.model
     fingerprint.add_text("MODEL")
@@ -98,7 +104,7 @@ def sd1_models_fingerprint(model, clip, vae, caption: str) -> str:
                            float(base.latent_format.scale_factor)])
     fingerprint.add_text("CLIP")
     add_patcher(fingerprint, clip.patcher)
-    fingerprint.add_value(getattr(clip, "layer_idx", None))
+    fingerprint.add_value(getattr(final_layer_clone(clip), "layer_idx", None))
     add_patch_value(fingerprint, clip.tokenize(caption))
     fingerprint.add_text("VAE")
     add_patcher(fingerprint, vae.patcher)

@@ -42,13 +42,15 @@ class ComfyProgress:
     """``on_step``/``on_abort`` for the training node: the progress bar with a loss curve as its
     preview and the step and loss as the node's text (both at most every ``show_every_s`` seconds,
     and at the first and last step), a loss line in the log now and then, ComfyUI's interrupt, and
-    the prefix of the last completed step saved under its own name when the run stops early."""
+    the prefix of the last completed step saved under its own name when the run stops early.
+    ``note`` (e.g. what the training does with a CLIP Set Last Layer cut) stays under the step's text."""
 
     def __init__(self, filename_prefix: str, recipe: CatVersionRecipe, num_images: int, log_every: int = 50,
-                 node_id: str | None = None, fingerprint: str | None = None, show_every_s: float = 1.0):
+                 node_id: str | None = None, fingerprint: str | None = None, show_every_s: float = 1.0,
+                 note: str | None = None):
         self.bar = comfy.utils.ProgressBar(recipe.steps, node_id=node_id)
         self.filename_prefix, self.recipe, self.num_images, self.log_every = filename_prefix, recipe, num_images, log_every
-        self.node_id, self.fingerprint, self.show_every_s = node_id, fingerprint, show_every_s
+        self.node_id, self.fingerprint, self.show_every_s, self.note = node_id, fingerprint, show_every_s, note
         self.losses: list[float] = []
         self._shown_at: float | None = None
 
@@ -60,7 +62,7 @@ class ComfyProgress:
             text = step_text(report.step, report.steps, self.losses)
             curve = loss_curve_image(self.losses, report.steps, f"step {report.step}/{report.steps}")
             self.bar.update_absolute(report.step, report.steps, ("PNG", curve, None))
-            show_text(text, self.node_id)
+            show_text(text if not self.note else f"{text}\n{self.note}", self.node_id)
         else:
             self.bar.update_absolute(report.step, report.steps)
         if report.step % self.log_every == 0 or report.step == report.steps:
