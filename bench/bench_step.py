@@ -10,7 +10,7 @@ Peak memory is measured in a fresh process per configuration (peak resident set 
 as a ratio to unpatched; Linux, CPU only). Whole steps are the cross-check; the extra attention
 alone is timed site by site, far more steadily, by bench_attn2.py.
 
-    .cache/venv/bin/python bench/bench_step.py [--rounds 3] [--size 512] [--threads 2] [--skip-memory]
+    .cache/venv/bin/python bench/bench_step.py [--rounds 3] [--size 512] [--threads 2] [--skip-memory | --memory-only]
 
 This is a benchmark, not a test: it asserts nothing about absolute times.
 """
@@ -24,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from sd15_setup import build_inputs, configure, describe, one_step, setup_comfy
 
 CONFIGS = ("unpatched", "global", "global+local", "global+local+map")
@@ -59,12 +60,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory ratios")
     parser.add_argument("--memory-child", choices=CONFIGS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         memory_child(args.memory_child, args.size, args.threads)
         return
 
+    if args.memory_only:
+        print_memory(args.size, args.threads)
+        return
     device = setup_comfy(args.threads)
     base, concept, positive, context = build_inputs(device)
     models = {config: configure(base, concept, positive, config) for config in CONFIGS}  # clones of one UNet
@@ -86,13 +91,17 @@ def main() -> None:
     print(f"  attention map on / off: median {median['global+local+map'] / median['global+local']:.3f}x")
     print("  (the extra attention alone, site by site: bench/bench_attn2.py)")
     if not args.skip_memory:
-        if device.type != "cpu":
-            print("  peak memory: measured on the CPU only (resident set)")
-            return
-        peaks = {config: measure_peak(config, args.size, args.threads) for config in CONFIGS}
-        print(f"  peak RSS of one step, a fresh process each: unpatched {peaks['unpatched'] / 2**20:.2f} GiB")
-        for config in CONFIGS:
-            print(f"  {config:<17} peak RSS ratio {peaks[config] / peaks['unpatched']:.3f}x")
+        print_memory(args.size, args.threads)
+
+
+def print_memory(size: int, threads: int | None) -> None:
+    if torch.cuda.is_available():
+        print("  peak memory: measured on the CPU only (the resident set)")
+        return
+    peaks = {config: measure_peak(config, size, threads) for config in CONFIGS}
+    print(f"  peak RSS of one {size}x{size} step, a fresh process each: unpatched {peaks['unpatched'] / 2**20:.2f} GiB")
+    for config in CONFIGS:
+        print(f"  {config:<17} peak RSS ratio {peaks[config] / peaks['unpatched']:.3f}x")
 
 
 if __name__ == "__main__":
