@@ -13,7 +13,8 @@ variants run on those inputs one call after the other (who goes first turns with
 
 A round's extra is its variant's time over the 16 sites minus unpatched's in the same round; the
 step ratio is 1 + extra / (an unpatched step, timed in the same run between the rounds), printed
-with its quartiles over the rounds. Beside it, the floor: the local branch's own arithmetic (the
+with its quartiles over the rounds. On a busy machine, where a call can wait for a core, the best
+of the rounds per site and call (over the best step) is printed too. Beside it, the floor: the local branch's own arithmetic (the
 local attention 4·n·L·C per cond row and site, its softmax, the gate's multiply-add), as a share of
 the step's FLOPs (counted by torch's FlopCounterMode on the unpatched step, CPU attention added).
 Strength 0 installs no replace at all (checked here): its attn2 is ComfyUI's own.
@@ -213,6 +214,10 @@ def main() -> None:
     over = [(e - i) / step for e, i in zip(extras["elite"], extras["ipadapter"])]
     low, mid, high = quartiles(over)
     print(f"  elite - ipadapter: {mid:+.2%} of a step (quartiles {low:+.2%} / {high:+.2%})")
+    best_step = min(steps) if steps else step
+    best = {v: sum(min(timings[v]) for timings in per_site) for v in VARIANTS}
+    cells = ", ".join(f"{v} {1 + (best[v] - best['unpatched']) / best_step:.4f}x" for v in VARIANTS[1:])
+    print(f"  best of the rounds, per site and call (robust to a busy machine): {cells}")
     print(f"  unpatched attn2 itself: {statistics.median(totals['unpatched']) / step:.2%} of a step; "
           "strength 0 installs no replace (attn2 = ComfyUI's own): 1.0000x by construction")
     if args.per_site:
