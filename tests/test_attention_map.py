@@ -38,9 +38,9 @@ def test_the_map_is_the_placeholders_attention_averaged_over_layers(tiny_model, 
     calls = []
     real = attn2_patches.local_term
 
-    def spy(q, k, selection, k_local, v_local, heads, scale, attention, per_sample=True):
+    def spy(q, k, selection, k_local, v_local, heads, scale, attention, per_sample=True, **kwargs):
         calls.append((q.detach().clone(), k.detach().clone(), heads))
-        return real(q, k, selection, k_local, v_local, heads, scale, attention, per_sample)
+        return real(q, k, selection, k_local, v_local, heads, scale, attention, per_sample, **kwargs)
 
     monkeypatch.setattr(attn2_patches, "local_term", spy)
     x, context = cfg_batch(elite["pos"], elite["neg"], [1, 0], 2)

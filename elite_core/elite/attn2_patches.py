@@ -82,6 +82,7 @@ class ELITEAttn2Replace(_SharedPatch):
         self.scale = float(scale)
         self.sigma_start = float(sigma_start)
         self.sigma_end = float(sigma_end)
+        self._window32 = tuple(float(torch.tensor(x, dtype=torch.float32)) for x in (self.sigma_start, self.sigma_end))
         self.attention = attention
         self.previous = previous
         tokens = local_tokens.detach().float().cpu()
@@ -103,11 +104,21 @@ class ELITEAttn2Replace(_SharedPatch):
             attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options,
         )
 
-    def _scale(self, extra_options, device) -> torch.Tensor | float:
+    def _scale(self, extra_options, device) -> torch.Tensor | float | None:
+        """λ at this step, or None where the local term adds nothing (λ = 0, or a step outside the
+        window read from CPU sigmas). Sigmas on another device are compared there: a host read
+        would synchronise every site, so the branch runs and is multiplied by 0 outside the window."""
+        if self.scale == 0.0:
+            return None
         sigmas = extra_options.get("sigmas")
         if sigmas is None:
             return self.scale
-        sigma = sigmas.detach()[:1].to(device=device, dtype=torch.float32)
+        sigma = sigmas.detach()[:1]
+        if sigma.device.type == "cpu":  # compared in fp32, as on a device
+            value = float(sigma.to(torch.float32))
+            start, end = self._window32
+            return self.scale if end <= value <= start else None
+        sigma = sigma.to(device=device, dtype=torch.float32)
         active = (sigma <= self.sigma_start) & (sigma >= self.sigma_end)
         return active.to(torch.float32) * self.scale
 
@@ -117,33 +128,38 @@ class ELITEAttn2Replace(_SharedPatch):
         chunks = extra_options.get("cond_or_uncond") or [COND]
         if selection is None or COND not in chunks:
             return out
+        scale = self._scale(extra_options, q.device)
+        if scale is None:
+            return out
         heads = extra_options["n_heads"]
         k_local, v_local = self._local_kv.get(q.device, q.dtype)
-        scale = self._scale(extra_options, q.device)
         rows = q.shape[0] // len(chunks)
         if self.previous is not None:
-            out = out.clone()  # another pack's output: do not write into it
+            out = out.clone(memory_format=torch.contiguous_format)  # another pack's output: do not write into it
+        else:
+            out = out.contiguous()
         for index, kind in enumerate(chunks):
             if kind == COND:
                 part = slice(index * rows, (index + 1) * rows)
-                term = local_term(q[part], k[part], selection[part], k_local, v_local, heads, scale, self.attention)
-                if self.region is not None:
-                    term = term * self._region_weights(term.shape[0], term.shape[1], extra_options, q.device, q.dtype)
-                out[part] += term
+                weight = scale
+                if self.region is not None:  # (rows or 1, tokens, 1, 1): λ times the region, per position
+                    weight = self._region_weights(rows, q.shape[1], extra_options, q.device).unsqueeze(-1) * scale
+                local_term(q[part], k[part], selection[part], k_local, v_local, heads, weight, self.attention,
+                           into=out[part])
                 if self.recorder is not None:
                     self._record(q[part], k[part], selection[part], heads, scale, extra_options)
         return out
 
-    def _region_weights(self, rows: int, tokens: int, extra_options, device, dtype) -> torch.Tensor:
-        """The region mask at this layer's grid, (rows or 1, tokens, 1): resized to the latent
+    def _region_weights(self, rows: int, tokens: int, extra_options, device) -> torch.Tensor:
+        """The region mask at this layer's grid, (rows or 1, tokens, 1), fp32: resized to the latent
         (bilinear), then averaged over each layer position."""
         shape = extra_options["original_shape"]
         grid = layer_grid(tokens, shape[-2], shape[-1])
-        key = (grid, tuple(shape[-2:]), device, dtype)
+        key = (grid, tuple(shape[-2:]), device)
         if key not in self._region_cache:
             region = F.interpolate(self.region[:, None], size=tuple(shape[-2:]), mode="bilinear", align_corners=False)
             region = F.adaptive_avg_pool2d(region, grid).flatten(1)[..., None]
-            self._region_cache[key] = region.to(device, dtype)
+            self._region_cache[key] = region.to(device)
         region = self._region_cache[key]
         return region if region.shape[0] in (1, rows) else region[:1]
 

@@ -41,6 +41,24 @@ def placeholder_selection(context: torch.Tensor, fingerprints: torch.Tensor) -> 
     return first.to(context.dtype)
 
 
+def _placeholder_probability(q: torch.Tensor, k: torch.Tensor, selection: torch.Tensor, heads: int) -> torch.Tensor:
+    """The placeholder's column of the text attention's softmax, (b, heads, n) fp32.
+
+    One logits buffer (b, h, n, T): the product with d^-1/2 folded in, in q's dtype; then, in fp32
+    and in place, exp(x - row max), whose placeholder entry (a gather, not a product over all T)
+    over the row sum is the probability. The max is a constant shift (no gradient through it).
+    Rows without a placeholder read token 0; the caller zeroes them.
+    """
+    qh, kh = split_heads(q, heads), split_heads(k, heads)
+    b, h, n, d = qh.shape
+    t = kh.shape[2]
+    logits = torch.baddbmm(q.new_zeros(()), qh.reshape(b * h, n, d), kh.transpose(-1, -2).reshape(b * h, d, t),
+                           beta=0, alpha=d ** -0.5).view(b, h, n, t).float()
+    exps = logits.sub_(logits.detach().amax(dim=-1, keepdim=True)).exp_()
+    column = selection.argmax(dim=-1).view(b, 1, 1, 1).expand(b, h, n, 1)
+    return exps.gather(-1, column).squeeze(-1) / exps.sum(dim=-1)
+
+
 def placeholder_gate(q: torch.Tensor, k: torch.Tensor, selection: torch.Tensor, heads: int,
                      per_sample: bool = True) -> torch.Tensor:
     """The placeholder's text-attention probability per head and query, normalised by its maximum
@@ -49,15 +67,11 @@ def placeholder_gate(q: torch.Tensor, k: torch.Tensor, selection: torch.Tensor, 
     ``per_sample=False`` takes one maximum over the whole batch, as the reference's training step does
     (it folds the batch into one tensor); at inference the reference runs one sample at a time.
 
-    Only the placeholder's column of the softmax is formed: its logit, minus the log-sum-exp of all
-    logits (computed in q's dtype, reduced in fp32).
+    Only the placeholder's column of the softmax is formed (logits computed in q's dtype, reduced in
+    fp32), see :func:`_placeholder_probability`.
     """
-    qh = split_heads(q, heads)
-    scale = qh.shape[-1] ** -0.5
-    logits = torch.matmul(qh, split_heads(k, heads).transpose(-1, -2)).float().mul_(scale)  # (b, h, n, T)
-    chosen = torch.einsum("bhnt,bt->bhn", logits, selection.float())
     present = selection.amax(dim=-1).float().view(-1, 1, 1)
-    gate = torch.exp(chosen - torch.logsumexp(logits, dim=-1)) * present
+    gate = _placeholder_probability(q, k, selection, heads) * present
     peak = gate.amax(dim=(1, 2), keepdim=True) if per_sample else gate.amax()
     return gate / peak.clamp_min(torch.finfo(torch.float32).tiny)
 
@@ -72,11 +86,17 @@ def local_term(
     scale: torch.Tensor | float,
     attention: AttentionFn,
     per_sample: bool = True,
+    *,
+    into: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """λ · A ⊙ attention(q, k_local, v_local), in q's dtype: the term ELITE adds before ``to_out``.
 
     The local attention asks for an fp32 softmax (``attn_precision``), as the gate's is.
-    ``per_sample`` is :func:`placeholder_gate`'s.
+    ``per_sample`` is :func:`placeholder_gate`'s. ``scale`` is λ: a number, or a tensor that
+    broadcasts against (b, n, 1, 1) (e.g. λ times a per-position region weight).
+
+    With ``into`` (b, n, heads * dim_head, contiguous, no gradient), the term is added to it in place
+    (one fused multiply-add) and ``into`` is returned; otherwise the term is a new tensor.
     """
     b, n, inner = q.shape
     gate = placeholder_gate(q, k, selection, heads, per_sample)  # (b, h, n)
@@ -84,4 +104,7 @@ def local_term(
         k_local, v_local = k_local.expand(b, -1, -1), v_local.expand(b, -1, -1)
     local = attention(q, k_local, v_local, heads, attn_precision=torch.float32).view(b, n, heads, inner // heads)
     weight = (gate.transpose(1, 2).unsqueeze(-1) * scale).to(q.dtype)  # (b, n, h, 1)
-    return (local * weight).reshape(b, n, inner)
+    if into is None:
+        return (local * weight).reshape(b, n, inner)
+    into.view(b, n, heads, inner // heads).addcmul_(local, weight)
+    return into
