@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from comfy_api.latest import io, ui
 
 from ..elite_core.comfyui import elite_patch
+from ..elite_core.comfyui.socket_checks import check_node_inputs
 from ..elite_core.elite.attention_maps import overlay
 from .elite_types import CATEGORY, schema
 
@@ -66,5 +67,6 @@ class ELITEAttentionMap(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, samples, images=None) -> io.NodeOutput:
+        check_node_inputs(cls, locals())
         mask, shown = attention_mask(model, samples, images)
         return io.NodeOutput(mask, shown, ui=ui.PreviewImage(shown, cls=cls))

@@ -3,6 +3,7 @@
 from comfy_api.latest import io
 
 from ..elite_core.comfyui import elite_patch
+from ..elite_core.comfyui.socket_checks import check_node_inputs
 from .elite_types import CATEGORY, ConceptType, expert, schema
 
 POSITIVE_WIRING = ("Connect ELITE Conditioning's output here AND to the sampler's positive: the detail pass finds "
@@ -56,5 +57,6 @@ class ELITELocalAttnPatch(io.ComfyNode):
     @classmethod
     def execute(cls, model, concept, positive=None, strength=0.8, start_percent=0.0, end_percent=1.0,
                 global_kv=True, region=None, attention_map=False) -> io.NodeOutput:
+        check_node_inputs(cls, locals())
         return io.NodeOutput(elite_patch.apply_elite(model, concept, positive, strength, start_percent, end_percent,
                                                      global_kv, attention_map, region))

@@ -7,6 +7,7 @@ from ..elite_core.catversion.training import CatVersionRecipe
 from ..elite_core.comfyui import catversion as comfy_catversion
 from ..elite_core.comfyui import catversion_files as comfy_catversion_files
 from ..elite_core.comfyui import catversion_training as comfy_catversion_training
+from ..elite_core.comfyui.socket_checks import check_node_inputs
 from .elite_types import CATVERSION_CATEGORY, CatVersionType, check_widget_values, expert, schema
 
 TRAIN_ALIASES = ["catversion", "train concept", "textual inversion", "dreambooth", "personalize", "subject", "fine tune"]
@@ -38,6 +39,7 @@ class CatVersionLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, adapter_name: str) -> io.NodeOutput:
+        check_node_inputs(cls, locals())
         return io.NodeOutput(comfy_catversion.load_adapter(adapter_name))
 
 
@@ -68,6 +70,7 @@ class CatVersionApply(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, catversion, strength=1.0) -> io.NodeOutput:
+        check_node_inputs(cls, locals())
         return io.NodeOutput(comfy_catversion.apply_catversion(clip, catversion, strength))
 
 
@@ -137,6 +140,7 @@ class CatVersionTrain(io.ComfyNode):
     @classmethod
     def execute(cls, images, model, clip, vae, class_word, filename_prefix, steps, learning_rate, batch_size,
                 resolution, random_flip, seed, retrain=False) -> io.NodeOutput:
+        check_node_inputs(cls, locals())
         recipe = CatVersionRecipe(steps=steps, batch_size=batch_size, learning_rate=learning_rate, resolution=resolution,
                                   flip_probability=0.5 if random_flip else 0.0, seed=seed, caption=class_word)
         node_id = cls.hidden.unique_id if cls.hidden else None

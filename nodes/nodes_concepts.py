@@ -4,6 +4,7 @@ again without encoding; the primary word also as a textual-inversion embedding."
 from comfy_api.latest import io, ui
 
 from ..elite_core.comfyui import concepts as comfy_concepts
+from ..elite_core.comfyui.socket_checks import check_node_inputs
 from ..elite_core.common.checks import ELITEInputError
 from .elite_types import CATEGORY, ConceptType, GlobalMapperType, LocalMapperType, schema
 
@@ -49,6 +50,7 @@ class ELITESaveConcept(io.ComfyNode):
 
     @classmethod
     def execute(cls, concept, filename_prefix="elite_concept", export_embedding=True, image=None) -> io.NodeOutput:
+        check_node_inputs(cls, locals())
         path, embedding = comfy_concepts.save_concept(concept, filename_prefix, image, export_embedding)
         name = path.rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
         text = f"saved {name}" + (f"; use embedding:{name[:-len('.safetensors')]}" if embedding else "")
@@ -88,6 +90,7 @@ class ELITELoadConcept(io.ComfyNode):
 
     @classmethod
     def execute(cls, concept_name, global_mapper, local_mapper=None) -> io.NodeOutput:
+        check_node_inputs(cls, locals())
         try:
             concept, preview = comfy_concepts.load_concept(concept_name, global_mapper, local_mapper)
         except ELITEInputError as exc:

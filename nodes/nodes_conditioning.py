@@ -3,6 +3,7 @@
 from comfy_api.latest import io
 
 from ..elite_core.comfyui import elite as comfy_elite
+from ..elite_core.comfyui.socket_checks import check_node_inputs
 from ..elite_core.common.checks import ELITEInputError
 from .elite_types import CATEGORY, ConceptType, expert, schema
 
@@ -68,6 +69,7 @@ class ELITEConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, clip, concept, text: str, placeholder: str, words: str, concept_2=None,
                 placeholder_2: str = "T") -> io.NodeOutput:
+        check_node_inputs(cls, locals())
         problem = _unknown_words_mode(words)
         if problem:
             raise ELITEInputError(problem)

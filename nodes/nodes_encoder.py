@@ -3,6 +3,7 @@
 from comfy_api.latest import io
 
 from ..elite_core.comfyui import elite as comfy_elite
+from ..elite_core.comfyui.socket_checks import check_node_inputs
 from .elite_types import CATEGORY, ConceptType, GlobalMapperType, LocalMapperType, expert, schema
 
 
@@ -45,6 +46,7 @@ class ELITEEncoder(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip_vision, global_mapper, image, local_mapper=None, mask=None, invert_mask=False) -> io.NodeOutput:
+        check_node_inputs(cls, locals())
         return io.NodeOutput(
             comfy_elite.encode_concept(clip_vision, global_mapper, image, local_mapper, mask, invert_mask)
         )

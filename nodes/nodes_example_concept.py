@@ -2,6 +2,7 @@
 
 from comfy_api.latest import io
 
+from ..elite_core.comfyui.socket_checks import check_node_inputs
 from ..elite_core.elite import examples
 from .elite_types import CATEGORY, schema
 
@@ -33,4 +34,5 @@ class ELITEExampleConcept(io.ComfyNode):
 
     @classmethod
     def execute(cls, example="cat") -> io.NodeOutput:
+        check_node_inputs(cls, locals())
         return io.NodeOutput(*examples.load_example(example))

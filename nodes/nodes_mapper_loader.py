@@ -8,6 +8,7 @@ pack's message: where it looked, what is there, where to put the file.
 from comfy_api.latest import io
 
 from ..elite_core.comfyui import elite as comfy_elite
+from ..elite_core.comfyui.socket_checks import check_node_inputs
 from .elite_types import CATEGORY, GlobalMapperType, LocalMapperType, schema
 
 
@@ -51,6 +52,7 @@ class ELITEGlobalMapperLoader(_MapperLoader):
 
     @classmethod
     def execute(cls, mapper_name: str) -> io.NodeOutput:
+        check_node_inputs(cls, locals())
         return io.NodeOutput(comfy_elite.load_global_mapper(mapper_name))
 
 
@@ -76,4 +78,5 @@ class ELITELocalMapperLoader(_MapperLoader):
 
     @classmethod
     def execute(cls, mapper_name: str) -> io.NodeOutput:
+        check_node_inputs(cls, locals())
         return io.NodeOutput(comfy_elite.load_local_mapper(mapper_name))

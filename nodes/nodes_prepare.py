@@ -3,6 +3,7 @@ the encoder sees."""
 
 from comfy_api.latest import io, ui
 
+from ..elite_core.comfyui.socket_checks import check_node_inputs
 from ..elite_core.elite import concept_prep
 from .elite_types import CATEGORY, expert, schema
 
@@ -48,6 +49,7 @@ class ELITEPrepareConcept(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, mask=None, margin=0.1, fit="squash", mask_polarity="auto") -> io.NodeOutput:
+        check_node_inputs(cls, locals())
         try:
             prepared, prepared_mask = concept_prep.prepare_concept(image, mask, margin, fit, mask_polarity)
         except concept_prep.PrepareError as exc:

@@ -4,6 +4,7 @@ image (CLIP-I, DINO-I, masked CLIP-I) and the prompt (CLIP-T), so settings can b
 from comfy_api.latest import io, ui
 
 from ..elite_core.comfyui import scoring as comfy_scoring
+from ..elite_core.comfyui.socket_checks import check_node_inputs
 from .elite_types import CATEGORY, check_widget_values, expert, schema
 
 NOT_SCORED = "-1 when not scored (no model for it, no concept mask, or an empty prompt)."
@@ -95,6 +96,7 @@ class _ScoreNode(io.ComfyNode):
     @classmethod
     def execute(cls, images, reference, prompt, clip_model, dino_model, reference_mask=None, image_mask=None,
                 crop_to_mask=False) -> io.NodeOutput:
+        check_node_inputs(cls, locals())
         clip = comfy_scoring.load_metric_encoder(clip_model, "clip") if clip_model != comfy_scoring.NONE else None
         dino = comfy_scoring.load_metric_encoder(dino_model, None) if dino_model != comfy_scoring.NONE else None
         scores = comfy_scoring.score_images(images, reference, prompt, clip, dino, reference_mask, image_mask,

@@ -18,6 +18,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from comfyui_elite.elite_core.elite.checkpoint import save_mapper_safetensors
+from comfyui_elite.elite_core.elite.concept import ELITEConcept
 from comfyui_elite.nodes.nodes_attn_patch import ELITELocalAttnPatch
 from elite_test_pack.in_process import submit as validate_and_run
 from elite_test_pack.tiny_models import tiny_mapper_state_dict
@@ -224,14 +225,15 @@ def test_nan_numbers_are_refused_by_the_node(good_pixels, name, label):
 
 
 @pytest.mark.parametrize("name, value", [("strength", math.inf), ("start_percent", -math.inf), ("end_percent", math.inf)])
-def test_infinite_numbers_are_refused(good_pixels, name, value, tiny_model):
+def test_infinite_numbers_are_refused(good_pixels, name, value, tiny_model, global_mapper):
     """ComfyUI's own range check refuses an infinite widget value; one that arrives through a link
     (never range-checked) is refused by the node itself."""
     shown = assert_refused(with_inputs(PATCH, **{name: value}), good_pixels, name, "inf", when="refused")
     assert "Value" in shown
     kwargs = {"strength": 0.6, "start_percent": 0.0, "end_percent": 1.0, name: value}
+    concept = ELITEConcept(words=torch.zeros(1, 5, global_mapper.widths.output_dim), global_kv=global_mapper.kv)
     with pytest.raises(ValueError, match="is infinite; it must be a number from"):
-        ELITELocalAttnPatch.execute(tiny_model, None, None, global_kv=True, **kwargs)
+        ELITELocalAttnPatch.execute(tiny_model, concept, None, global_kv=True, **kwargs)
 
 
 # --------------------------------------------------------------------------- images

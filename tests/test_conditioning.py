@@ -141,6 +141,9 @@ def test_non_sd1_clip_is_refused(concept):
         def tokenize(self, text):
             return {"g": [[(49406, 1.0)]], "l": [[(49406, 1.0)]]}
 
+        def encode_from_tokens(self, tokens, return_pooled=False):
+            raise AssertionError("an SDXL CLIP must be refused before it encodes")
+
     with pytest.raises(comfy_elite.ELITEInputError, match=r"text encoders \['g', 'l'\]; ELITE works with Stable Diffusion 1.x"):
         encode(SDXLClip(), concept, "a photo of S")
 
