@@ -4,8 +4,9 @@ Four configurations of one and the same UNet: unpatched, ELITE global only (the 
 weights replaced), ELITE global + local (λ = 0.8), and the same recording the attention map (ELITE
 Attention Patch's attention_map on; off, nothing is recorded and nothing extra runs). Each timed step runs on the same weights in
 memory (the configuration is patched in before and unpatched after it, outside the timing), and the
-configurations take turns, so the ratios show ELITE's cost and not where each copy happens to
-live. The script prints the median and best time ratios to unpatched, measured in this one run.
+configurations take turns (``bench/rounds.py``), so the ratios show ELITE's cost and not where each
+copy happens to live. The script prints each round's time ratio to unpatched, summarised by its
+median, quartiles and range, measured in this one run.
 Peak memory is measured in a fresh process per configuration (peak resident set during the step;
 Linux only).
 
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from rounds import alternate, ratios, spread
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("unpatched", "global", "global+local", "global+local+map")
@@ -180,21 +182,15 @@ def main() -> None:
     setup_comfy()
     base, concept, positive, context = build_inputs()
     models = {config: configure(base, concept, positive, config) for config in CONFIGS}  # clones of one UNet
-    for config in CONFIGS:
-        one_step(models[config], context, args.size)  # warm-up, and the lazy local K/V projections
-    times = {config: [] for config in CONFIGS}
-    for round_index in range(args.rounds):
-        turn = round_index % len(CONFIGS)
-        order = CONFIGS[turn:] + CONFIGS[:turn]  # alternate who goes first
-        for config in order:
-            times[config].append(one_step(models[config], context, args.size))
+    # one warm-up round (and the lazy local K/V projections), then rounds in turn, who goes first rotating
+    times = alternate({config: (lambda _round, model=models[config]: one_step(model, context, args.size))
+                       for config in CONFIGS}, args.rounds)
     median = {config: statistics.median(values) for config, values in times.items()}
-    best = {config: min(values) for config, values in times.items()}
-    print(f"one CFG step (batch 2), SD1.5 layout, {args.size}x{args.size}, CPU, {args.rounds} alternating rounds")
-    for config in CONFIGS:
-        print(f"  {config:<17} time ratio: median {median[config] / median['unpatched']:.3f}x, "
-              f"best {best[config] / best['unpatched']:.3f}x")
-    print(f"  attention map on / off: median {median['global+local+map'] / median['global+local']:.3f}x")
+    print(f"one CFG step (batch 2), SD1.5 layout, {args.size}x{args.size}, CPU, {args.rounds} alternating rounds, "
+          f"time ratios per round")
+    for config in CONFIGS[1:]:
+        print(f"  {config:<17} / unpatched: {spread(ratios(times, config, 'unpatched')).describe()}")
+    print(f"  attention map on / off: {spread(ratios(times, 'global+local+map', 'global+local')).describe()}")
     plain, elite = attn2_seconds(models["global+local"], context, args.size)
     print(f"  16 attn2 attentions per step: ELITE's probe + replace take {elite / plain:.2f}x ComfyUI's "
           f"attention alone; the extra is {(elite - plain) / median['unpatched']:.2%} of an unpatched step "
