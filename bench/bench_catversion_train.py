@@ -5,11 +5,16 @@ tiny SD1.5-layout UNet, or the real-size UNet with ``--real-unet``), on the same
 (images, flips, timesteps, noise), through the same loss and AdamW. They differ only in what is
 learned: CatVersion's prefix in text layers 9-11, so its backward stops at layer 9; a textual
 inversion token embedding (the class word's row, replaced by a learned vector as textual inversion
-does), whose gradient has to pass all 12 text layers. Steps alternate, each configuration is timed
-``--rounds`` times after one untimed warm-up step, and the script prints the median time ratio
-CatVersion / textual inversion and the ratio of the best times, measured in this one run.
+does), whose gradient has to pass all 12 text layers. The two take turns step by step in one
+process (``bench/rounds.py``: one untimed warm-up round, then ``--rounds`` rounds, who goes first
+rotating, both on the round's draws); the script prints the ratio CatVersion / textual inversion of
+each round summarised by its median, quartiles and range, against the target: a CatVersion step costs
+no more than a textual-inversion step (<= 1.00x), since its backward stops at text layer 9.
 
     .cache/venv/bin/python bench/bench_catversion_train.py [--rounds 7] [--real-unet] [--resolution 256]
+
+The defaults (tiny UNet, 256 px, batch 2, 7 rounds) take a few minutes on 2 CPU cores; the real
+UNet at 512 px is the training node's real cost, much slower on a CPU.
 
 This is a benchmark, not a test: it asserts nothing about absolute times.
 """
@@ -18,14 +23,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
+from rounds import alternate, ratios, spread, timed
 
 REPO = Path(__file__).resolve().parents[1]
+WARMUP = 1
+TARGET = 1.00  # a CatVersion step / a textual-inversion step, docs/development.md#benches
 
 
 def setup_comfy():
@@ -101,29 +107,28 @@ def main(argv=None) -> int:
         embedding = torch.nn.Parameter(torch.randn(768, generator=torch.Generator().manual_seed(2)) * 0.01)
         inversion = PrefixObjective(TextualInversionText(plain_frozen, "dog", embedding), flat, recipe.layers, mean,
                                     std, schedule)
-        runs = {
-            "catversion": (catversion, torch.optim.AdamW([catversion.flat], lr=1e-2)),
-            "textual inversion": (inversion, torch.optim.AdamW([embedding], lr=5e-3)),
-        }
         sampler = StepSampler(4, args.batch, tuple(mean.shape[2:]), 0.5, torch.Generator().manual_seed(3))
-        times = {name: [] for name in runs}
-        for round_index in range(args.rounds + 1):
-            draw = sampler.draw()
-            for name, (objective, optimizer) in runs.items():
-                start = time.perf_counter()
-                loss = objective(draw)
+        draws = [sampler.draw() for _ in range(WARMUP + args.rounds)]  # both variants get each round's draw
+
+        def step(objective, optimizer):
+            def run(round_index):
+                loss = objective(draws[round_index])
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                if round_index:  # round 0 warms up
-                    times[name].append(time.perf_counter() - start)
-        assert inversion.flat.grad is None and embedding.requires_grad
-    ratios = [c / t for c, t in zip(times["catversion"], times["textual inversion"])]
+
+            return timed(run)
+
+        times = alternate({"catversion": step(catversion, torch.optim.AdamW([catversion.flat], lr=1e-2)),
+                           "textual inversion": step(inversion, torch.optim.AdamW([embedding], lr=5e-3))},
+                          args.rounds, WARMUP)
+        assert inversion.flat.grad is None and embedding.requires_grad  # the baseline learned only its embedding
     unet = "real-size SD1.5 UNet" if args.real_unet else "tiny SD1.5-layout UNet"
     print(f"CatVersion step vs textual-inversion step ({unet}, real-size CLIP-L, batch {args.batch}, "
-          f"{args.resolution} px, {args.rounds} rounds, CPU, {torch.get_num_threads()} threads)")
-    print(f"  median ratio catversion / textual inversion: {statistics.median(ratios):.3f}x")
-    print(f"  best-time ratio: {min(times['catversion']) / min(times['textual inversion']):.3f}x")
+          f"{args.resolution} px, CPU, {torch.get_num_threads()} threads; {WARMUP} warm-up + {args.rounds} "
+          f"alternating rounds, ratios per round)")
+    ratio = spread(ratios(times, "catversion", "textual inversion"))
+    print(f"  catversion / textual inversion: {ratio.describe(target=TARGET)}")
     return 0
 
 

@@ -4,11 +4,12 @@ Four configurations of one and the same UNet: unpatched, ELITE global only (the 
 weights replaced), ELITE global + local (λ = 0.8), and the same recording the attention map (ELITE
 Attention Patch's attention_map on; off, nothing is recorded and nothing extra runs). Each timed step runs on the same weights in
 memory (the configuration is patched in before and unpatched after it, outside the timing), and the
-configurations take turns, so the ratios show ELITE's cost and not where each copy happens to
-live. The script prints the median and best time ratios to unpatched, measured in this one run.
-Peak memory is measured in a fresh process per configuration (peak resident set during the step,
-as a ratio to unpatched; Linux, CPU only). Whole steps are the cross-check; the extra attention
-alone is timed site by site, far more steadily, by bench_attn2.py.
+configurations take turns (``bench/rounds.py``), so the ratios show ELITE's cost and not where each
+copy happens to live. The script prints each round's time ratio to unpatched, summarised by its
+median, quartiles and range, measured in this one run. Peak memory is measured in a fresh process
+per configuration (peak resident set during the step, as a ratio to unpatched; Linux, CPU only).
+Whole steps are the cross-check; the extra attention alone is timed site by site, far more
+steadily, by bench_attn2.py.
 
     .cache/venv/bin/python bench/bench_step.py [--rounds 3] [--size 512] [--threads 2] [--skip-memory | --memory-only]
 
@@ -19,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from rounds import alternate, ratios, spread
 from sd15_setup import build_inputs, configure, describe, one_step, setup_comfy
 
 CONFIGS = ("unpatched", "global", "global+local", "global+local+map")
@@ -73,22 +74,14 @@ def main() -> None:
     device = setup_comfy(args.threads)
     base, concept, positive, context = build_inputs(device)
     models = {config: configure(base, concept, positive, config) for config in CONFIGS}  # clones of one UNet
-    for config in CONFIGS:
-        one_step(models[config], context, args.size)  # warm-up, and the lazy local K/V projections
-    times = {config: [] for config in CONFIGS}
-    for round_index in range(args.rounds):
-        turn = round_index % len(CONFIGS)
-        order = CONFIGS[turn:] + CONFIGS[:turn]  # alternate who goes first
-        for config in order:
-            times[config].append(one_step(models[config], context, args.size))
-    median = {config: statistics.median(values) for config, values in times.items()}
-    best = {config: min(values) for config, values in times.items()}
+    # one warm-up round (and the lazy local K/V projections), then rounds in turn, who goes first rotating
+    times = alternate({config: (lambda _round, model=models[config]: one_step(model, context, args.size))
+                       for config in CONFIGS}, args.rounds)
     print(f"one CFG step (batch 2), SD1.5 layout, {args.size}x{args.size}, {describe(device)}, "
-          f"{args.rounds} alternating rounds")
-    for config in CONFIGS:
-        print(f"  {config:<17} time ratio: median {median[config] / median['unpatched']:.3f}x, "
-              f"best {best[config] / best['unpatched']:.3f}x")
-    print(f"  attention map on / off: median {median['global+local+map'] / median['global+local']:.3f}x")
+          f"{args.rounds} alternating rounds, time ratios per round")
+    for config in CONFIGS[1:]:
+        print(f"  {config:<17} / unpatched: {spread(ratios(times, config, 'unpatched')).describe()}")
+    print(f"  attention map on / off: {spread(ratios(times, 'global+local+map', 'global+local')).describe()}")
     print("  (the extra attention alone, site by site: bench/bench_attn2.py)")
     if not args.skip_memory:
         print_memory(args.size, args.threads)
