@@ -4,9 +4,10 @@ several processes or run directly for one:
     accelerate launch --cpu --num_processes 2 tests/eval_accelerate_worker.py BENCHMARK --out OUT ...
     python tests/eval_accelerate_worker.py BENCHMARK --out OUT ...
 
-Every argument is the runner's; only the generation models differ: each process builds the tiny
-models of tests/test_eval_runner.py from the same seeds (RANDOM weights, real SD1.x layouts) instead
-of loading a checkpoint, and loads the mapper files given with --global-mapper / --local-mapper.
+Every argument is the runner's; only the generation models differ: each process builds tiny models
+from the same seeds (RANDOM weights, real SD1.x layouts; the two-layer text CLIP, as no CatVersion
+adapter runs here) instead of loading a checkpoint, and loads the mapper files given with
+--global-mapper / --local-mapper.
 """
 
 import sys
@@ -26,7 +27,7 @@ def tiny_models(args, benchmark, methods):
     from elite_eval.generate import Models
     from elite_test_pack.tiny_models import build_tiny_clip, build_tiny_clip_vision, build_tiny_sd15_model, build_tiny_vae
 
-    models = Models(build_tiny_sd15_model(seed=0), build_tiny_clip(seed=7, real_size=True), build_tiny_vae(seed=2),
+    models = Models(build_tiny_sd15_model(seed=0), build_tiny_clip(seed=7), build_tiny_vae(seed=2),
                     clip_vision=build_tiny_clip_vision(seed=3))
     comfy_elite.register_model_folder()
     models.global_mapper = comfy_elite.load_global_mapper(name_in_folder("elite", args.global_mapper))
