@@ -5,23 +5,27 @@ Images go to ``<out>/images/<method>/<subject>/p<prompt>_s<seed>.png``. A run is
 image that exists is never made again, and each is written to a temporary name first, so a stopped
 run leaves no half-written file. ``<out>/run.json`` records the settings; a later run in the same
 folder with other settings is refused rather than mixing images of both.
+
+Several processes (``accelerate launch``, see processes.py) share the missing images: each lists
+them before any is made, in the order of ``jobs``, and makes every ``count``-th from its rank. An
+image's noise comes from its own seed only, so it is the same whichever process makes it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from elite_core.common.files import read_image, read_mask
+from elite_core.common.files import read_image, read_mask, write_atomically
 from elite_core.common.images import images_to_pil
 
 from .benchmark import Benchmark, Subject
 from .methods import ELITE_PLACEHOLDER, Method
+from .processes import Processes
 
 log = logging.getLogger("elite.eval")
 
@@ -58,15 +62,15 @@ def image_path(out: Path, method: Method, subject: Subject, prompt_index: int, s
 
 
 def save_image(image: torch.Tensor, path: Path) -> None:
-    """The IMAGE as a PNG, written under a temporary name first: a stopped run leaves no half file."""
+    """The IMAGE as a PNG, written under a temporary name first: a stopped run leaves no half file
+    under the image's name (the only name a run counts)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.stem + ".partial.png")
-    images_to_pil(image)[0].save(partial)
-    os.replace(partial, path)
+    picture = images_to_pil(image)[0]
+    write_atomically(str(path), lambda partial: picture.save(partial, format="PNG"))
 
 
-def check_run_settings(out: Path, record: dict) -> None:
-    """Write run.json, or refuse when the folder holds images made with other settings."""
+def run_settings_record(out: Path, record: dict) -> dict:
+    """What run.json will hold, or a refusal when the folder holds images made with other settings."""
     path = out / "run.json"
     if path.is_file():
         before = json.loads(path.read_text())
@@ -75,9 +79,15 @@ def check_run_settings(out: Path, record: dict) -> None:
             raise RunError(f"{out} holds images made with other settings ({', '.join(changed)} differ: "
                            f"{ {k: before[k] for k in changed} }). Use another --out folder, or the same settings "
                            "to go on with that run.")
-        record = {**record, "methods": sorted(set(before.get("methods", [])) | set(record["methods"]))}
+        earlier = before.get("methods", [])  # in their first order, whichever run resumes: a stable file
+        record = {**record, "methods": [*earlier, *(m for m in record["methods"] if m not in earlier)]}
+    return record
+
+
+def write_run_settings(out: Path, record: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2))
+    text = json.dumps(record, indent=2)
+    write_atomically(str(out / "run.json"), lambda partial: Path(partial).write_text(text))
 
 
 def _text_conditioning(clip, text: str):
@@ -172,27 +182,41 @@ def jobs(benchmark: Benchmark, methods: list[Method], seeds) -> list[tuple[Metho
 
 
 def generate(benchmark: Benchmark, methods: list[Method], models: Models, settings: RunSettings, out: Path,
-             progress: bool = True) -> dict[str, int]:
-    """Make every missing image of the run; returns how many were made and how many were there."""
+             progress: bool = True, processes: Processes | None = None) -> dict[str, int]:
+    """Make every missing image of the run, or this process's share of them when it is one of
+    several; returns how many it made and how many were there before. Several processes return once
+    all of them are done."""
     from tqdm import tqdm
 
     out = Path(out)
+    processes = processes or Processes()
     generator = Generator(models, settings)
     generator.check(methods, benchmark)
-    check_run_settings(out, {"benchmark": str(benchmark.root), "methods": [m.name for m in methods],
-                             **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}})
+    record = run_settings_record(out, {"benchmark": str(benchmark.root), "methods": [m.name for m in methods],
+                                       **{k: list(v) if isinstance(v, tuple) else v
+                                          for k, v in asdict(settings).items()}})
     todo = jobs(benchmark, methods, settings.seeds)
-    counts = {"made": 0, "reused": 0}
-    with tqdm(total=len(todo), desc="generating", unit="image", disable=not progress) as bar:
-        for method, subject, index, template, seed in todo:
-            path = image_path(out, method, subject, index, seed)
-            if path.is_file():
-                counts["reused"] += 1
-            else:
-                with torch.inference_mode():  # as ComfyUI runs its nodes
-                    image = generator.image(method, subject, template, seed)
-                save_image(image, path)
-                counts["made"] += 1
+    missing = [job for job in todo if not image_path(out, *_place(job)).is_file()]
+    processes.wait()  # every process has listed the missing images before any is made
+    if processes.is_main:
+        write_run_settings(out, record)
+    mine = processes.share(missing)
+    with tqdm(total=len(mine), desc="generating", unit="image", disable=not (progress and processes.is_main)) as bar:
+        for method, subject, index, template, seed in mine:
+            with torch.inference_mode():  # as ComfyUI runs its nodes
+                image = generator.image(method, subject, template, seed)
+            save_image(image, image_path(out, method, subject, index, seed))
             bar.update(1)
-    log.info("images: %d made, %d already there", counts["made"], counts["reused"])
+    counts = {"made": len(mine), "reused": len(todo) - len(missing)}
+    if processes.count > 1:
+        log.info("images (%s): %d of the %d missing made here, %d already there", processes.describe(),
+                 counts["made"], len(missing), counts["reused"])
+    else:
+        log.info("images: %d made, %d already there", counts["made"], counts["reused"])
+    processes.wait()  # every image is written
     return counts
+
+
+def _place(job) -> tuple:
+    method, subject, index, _, seed = job
+    return method, subject, index, seed

@@ -6,7 +6,11 @@
         --global-mapper global_mapper.pt --local-mapper local_mapper.pt \\
         --clip /models/clip-vit-base-patch32 --dino /models/dino-vits16
 
+    accelerate launch --num_processes 4 -m elite_eval.run BENCHMARK_DIR --out runs/dreambench ...
+
 BENCHMARK_DIR is DreamBench's dataset/ folder or ELITE's test-input layout (see benchmark.py).
+Under accelerate launch the processes share the missing images and the main one scores and reports
+(docs/evaluation.md).
 Model names are looked up in the ComfyUI folder's models/ (or given as paths); the scoring encoders
 are local Hugging Face folders or model.safetensors files. Nothing is ever downloaded.
 """
@@ -111,7 +115,10 @@ def load_models(args, benchmark, methods):
     return models
 
 
-def main(argv=None) -> int:
+def main(argv=None, load=load_models) -> int:
+    """The command line; ``load(args, benchmark, methods)`` gives the generation models (tests pass
+    tiny ones). Under ``accelerate launch`` every process makes its share of the missing images, and
+    the main process scores and reports once all of them are done."""
     args = build_parser().parse_args(argv)
     import torch
 
@@ -121,16 +128,20 @@ def main(argv=None) -> int:
     from .benchmark import BenchmarkError, read_benchmark
     from .generate import RunError, RunSettings, generate
     from .methods import MethodError, parse_methods
+    from .processes import Processes, launched_processes
     from .scoring import ScoringError, load_scorers, score_run, write_outputs
 
     out = Path(args.out)
+    processes = Processes()
     try:
+        processes = launched_processes(args.cpu)  # before ComfyUI starts: each process takes its own GPU
         benchmark = read_benchmark(args.benchmark).select(args.subjects, args.prompts)
         methods = parse_methods(args.methods)
         settings = RunSettings(seeds=tuple(args.seeds), size=args.size, steps=args.steps, cfg=args.cfg)
         device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-        scorers = load_scorers(args.clip, args.dino, args.tokenizer or _comfy_tokenizer(args.comfyui), device)
-        scorers.masked_crop = args.masked_crop
+        if processes.is_main:  # the only one that scores
+            scorers = load_scorers(args.clip, args.dino, args.tokenizer or _comfy_tokenizer(args.comfyui), device)
+            scorers.masked_crop = args.masked_crop
         if not args.skip_generation:
             from elite_core.comfyui.runtime import SetupError, find_comfyui, start_comfyui
 
@@ -138,12 +149,16 @@ def main(argv=None) -> int:
                 start_comfyui(find_comfyui(args.comfyui), cpu=args.cpu)
             except SetupError as exc:
                 raise RunError(str(exc)) from None
-            generate(benchmark, methods, load_models(args, benchmark, methods), settings, out)
+            generate(benchmark, methods, load(args, benchmark, methods), settings, out, processes=processes)
+        if not processes.is_main:
+            return 0
         scores = score_run(benchmark, methods, settings, out, scorers)
         paths = write_outputs(scores, benchmark, methods, settings, out)
     except (BenchmarkError, MethodError, RunError, ScoringError, ELITEInputError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2
+    finally:
+        processes.close()
     log.info("done: %s", ", ".join(str(p) for p in paths.values()))
     return 0
 

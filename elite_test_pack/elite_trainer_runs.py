@@ -4,23 +4,16 @@ at 64 px, one process directly or several under ``accelerate launch``, and its l
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from .pack_import import REPO_ROOT
-
-LAUNCH_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+from .process_launch import LAUNCH_ENV, launcher
 
 
 def launch_command(output: Path, base_model: Path, data: Path, *extra: str, processes: int = 1) -> list[str]:
-    """Several processes go through `accelerate launch` (gloo on the CPU); one process runs the module
-    directly, which accelerate supports as well and which saves the launcher's start-up."""
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--num_cpu_threads_per_process", "1"] if processes > 1 else [sys.executable]
-    return [*launcher, "-m", "elite_training.elite", "--pretrained", str(base_model),
+    """Several processes go through `accelerate launch` (gloo on the CPU), one runs the module directly."""
+    return [*launcher(processes), "-m", "elite_training.elite", "--pretrained", str(base_model),
             "--image-encoder", str(base_model / "image_encoder"), "--data", str(data), "--output-dir", str(output),
             "--resolution", "64", "--gradient-accumulation", "1", "--learning-rate", "1e-3", "--cpu",
             "--validation-images", "0", *extra]

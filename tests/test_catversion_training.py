@@ -36,6 +36,7 @@ from comfyui_elite.elite_core.comfyui import catversion_training as training
 from comfyui_elite.elite_core.common.checks import ELITEInputError
 from comfyui_elite.nodes.nodes_catversion import CatVersionApply, CatVersionLoader, CatVersionTrain
 from elite_test_pack.hostile_files import png_header_only
+from elite_test_pack.process_launch import LAUNCH_ENV, launcher
 from elite_test_pack.reference_catversion import official_flat_to_layers, reference_text_encoder
 from elite_test_pack.tiny_models import build_tiny_clip, build_tiny_sd15_model, build_tiny_vae
 
@@ -427,12 +428,8 @@ def test_bad_name_is_refused_when_the_prompt_is_validated():
 def accelerate_launch(tmp_path: Path, processes: int, batch: int, steps: int = 3) -> tuple[dict, dict]:
     """The command-line trainer's ``train`` under ``accelerate launch`` on the CPU (gloo)."""
     out = tmp_path / f"p{processes}_b{batch}"
-    # one process runs the worker directly (accelerate supports it), which saves the launcher's start-up
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--num_cpu_threads_per_process", "1"] if processes > 1 else [sys.executable]
-    command = [*launcher, str(REPO / "tests" / "catversion_accelerate_worker.py"), str(out), str(batch), str(steps)]
-    env = {**os.environ, "ELITE_COMFYUI_DIR": str(COMFY_DIR), "CUDA_VISIBLE_DEVICES": ""}
+    command = [*launcher(processes), str(REPO / "tests" / "catversion_accelerate_worker.py"), str(out), str(batch), str(steps)]
+    env = {**LAUNCH_ENV, "ELITE_COMFYUI_DIR": str(COMFY_DIR)}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     from safetensors.torch import load_file

@@ -21,8 +21,9 @@ from conftest import BASE_DIR, COMFY_DIR, ELITE_MODELS
 from PIL import Image
 from safetensors.torch import load_file
 
-from elite_test_pack.elite_trainer_runs import LAUNCH_ENV, launch, launch_command, log_column, losses
+from elite_test_pack.elite_trainer_runs import launch, launch_command, log_column, losses
 from elite_test_pack.in_process import run_prompt
+from elite_test_pack.process_launch import LAUNCH_ENV
 from elite_test_pack.tiny_training_models import build_training_models
 from elite_test_pack.workflows import tiny_prompt
 

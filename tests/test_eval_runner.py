@@ -1,20 +1,23 @@
 """The benchmark runner (elite_eval) on tiny RANDOM SD1.x models: a two-subject, two-prompt
 DreamBench-style set, every method side by side, the scores and the report; a second run reuses
-the finished images."""
+the finished images; two processes under accelerate make the files of one, and resume each other."""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import COMFY_DIR, SHARED_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
+from conftest import COMFY_DIR, ELITE_MODELS, SHARED_DIR, TINY_GLOBAL_MAPPER, TINY_LOCAL_MAPPER
 from PIL import Image, ImageDraw
 
+from elite_test_pack.process_launch import LAUNCH_ENV, launcher
 from elite_test_pack.tiny_metric_models import save_clip_folder, tiny_clip, tiny_dino
 from elite_test_pack.tiny_models import build_tiny_clip, build_tiny_clip_vision, build_tiny_sd15_model, build_tiny_vae
 
@@ -24,6 +27,7 @@ from elite_eval import run as cli  # noqa: E402
 from elite_eval.benchmark import fill_template, parse_prompts_and_classes, read_benchmark  # noqa: E402
 from elite_eval.generate import Models, RunError, RunSettings, generate, image_path  # noqa: E402
 from elite_eval.methods import parse_methods  # noqa: E402
+from elite_eval.processes import Processes, launched_processes  # noqa: E402
 from elite_eval.scoring import score_run, write_outputs  # noqa: E402
 
 TOKENIZER_DIR = COMFY_DIR / "comfy" / "sd1_tokenizer"
@@ -298,3 +302,126 @@ def test_the_command_line_names_missing_generation_models(dreambench, encoder_fi
     assert cli.main([*args[:4], "elite-local@7", *args[5:]]) == 2
     assert "λ must be a number from 0 to 2" in caplog.text
     assert not (tmp_path / "run" / "images").exists()
+
+
+# --------------------------------------------------------------------------- several processes
+
+
+def test_one_process_makes_every_image_and_a_share_is_every_nth_from_the_rank(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    alone = launched_processes(cpu=True)
+    assert (alone.rank, alone.count, alone.is_main) == (0, 1, True)
+    assert alone.share(list("abcde")) == list("abcde")
+    second = Processes()
+    second.rank, second.count = 1, 3
+    assert second.share(list("abcdefg")) == ["b", "e"] and not second.is_main
+
+
+def test_several_processes_without_accelerate_are_refused_with_the_install_line(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # what an install without accelerate does
+    with pytest.raises(RunError, match=r"2 processes .*pip install -r requirements-eval\.txt"):
+        launched_processes(cpu=True)
+
+
+def test_help_needs_no_accelerate():
+    blocked = ("import runpy, sys; sys.modules['accelerate'] = None; sys.argv = ['run', '--help']; "
+               "runpy.run_module('elite_eval.run', run_name='__main__')")
+    env = {k: v for k, v in LAUNCH_ENV.items() if k != "WORLD_SIZE"}
+    done = subprocess.run([sys.executable, "-c", blocked], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--skip-generation" in done.stdout
+
+
+# Three methods x two subjects x two prompts x two seeds: 24 images, 12 per process.
+LAUNCHED_METHODS = ["sd", "elite-global", "elite-local@1"]
+
+
+def _launch(out: Path, dreambench: Path, encoder_files: dict[str, Path], processes: int) -> str:
+    """tests/eval_accelerate_worker.py (the runner's command line on the tiny models) into ``out``;
+    returns its log."""
+    command = [*launcher(processes), str(REPO / "tests" / "eval_accelerate_worker.py"), str(dreambench),
+               "--out", str(out), "--methods", *LAUNCHED_METHODS, "--seeds", "0", "1", "--size", "64", "--steps", "1",
+               "--comfyui", str(COMFY_DIR), "--cpu", "--global-mapper", str(ELITE_MODELS / TINY_GLOBAL_MAPPER),
+               "--local-mapper", str(ELITE_MODELS / TINY_LOCAL_MAPPER), "--clip", str(encoder_files["clip"]),
+               "--dino", str(encoder_files["dino"]), "--tokenizer", str(TOKENIZER_DIR)]
+    done = subprocess.run(command, cwd=REPO, env=LAUNCH_ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stderr
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _interrupted_copy(source: Path, target: Path, keep_every: int) -> tuple[list[Path], dict[Path, int]]:
+    """``source`` as a stopped run leaves it: no scores or report yet, only every ``keep_every``-th
+    image, and a half-written PNG under the temporary name of one that is missing. Returns the
+    missing images and the modification times of the kept ones."""
+    shutil.copytree(source, target)
+    for name in ("scores.json", "report.md", "report.html", "tradeoff.png"):
+        (target / name).unlink()
+    shutil.rmtree(target / "grids")
+    images = sorted((target / "images").rglob("*.png"))
+    missing = [p for i, p in enumerate(images) if i % keep_every]
+    whole = missing[0].read_bytes()
+    Path(str(missing[0]) + ".partial").write_bytes(whole[: len(whole) // 2])
+    for path in missing:
+        path.unlink()
+    kept = {p: p.stat().st_mtime_ns for p in images if p not in missing}
+    return missing, kept
+
+
+@pytest.fixture(scope="module")
+def launched_runs(tmp_path_factory, dreambench, encoder_files):
+    """The same run made by one process and by two; a stopped copy of the two-process run finished by
+    one process, and a stopped copy of the one-process run finished by two."""
+    root = tmp_path_factory.mktemp("launched")
+    runs = {"one": root / "one", "two": root / "two"}
+    logs = {name: _launch(runs[name], dreambench, encoder_files, processes) for name, processes in (("one", 1), ("two", 2))}
+    resumed = {}
+    for name, source, processes, keep_every in (("by_one", runs["two"], 1, 2), ("by_two", runs["one"], 2, 3)):
+        out = root / f"resumed_{name}"
+        missing, kept = _interrupted_copy(source, out, keep_every)
+        resumed[name] = {"out": out, "missing": missing, "kept": kept,
+                         "log": _launch(out, dreambench, encoder_files, processes)}
+    return {"runs": runs, "logs": logs, "resumed": resumed}
+
+
+@pytest.mark.first_comfyui_only
+def test_two_processes_write_the_files_of_one_bit_for_bit(launched_runs):
+    one, two = (_files(launched_runs["runs"][name]) for name in ("one", "two"))
+    assert sum(name.startswith("images/") for name in one) == 24
+    assert {"scores.json", "report.md", "report.html", "tradeoff.png", "run.json"} <= one.keys()
+    assert one.keys() == two.keys()
+    differing = [name for name in one if one[name] != two[name]]
+    assert not differing, differing
+
+
+@pytest.mark.first_comfyui_only
+def test_the_two_processes_share_the_images(launched_runs):
+    log = launched_runs["logs"]["two"]
+    assert "images (process 1 of 2): 12 of the 24 missing made here, 0 already there" in log, log[-3000:]
+    assert "images (process 2 of 2): 12 of the 24 missing made here, 0 already there" in log, log[-3000:]
+    assert "images: 24 made, 0 already there" in launched_runs["logs"]["one"]
+    assert log.count("report: ") == 1  # the main process alone scores and reports
+
+
+@pytest.mark.first_comfyui_only
+@pytest.mark.parametrize("name", ["by_one", "by_two"])
+def test_a_stopped_run_is_finished_by_another_number_of_processes(launched_runs, name):
+    resumed = launched_runs["resumed"][name]
+    out, missing, kept = resumed["out"], resumed["missing"], resumed["kept"]
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # what was there is kept, not made again
+    assert not list(out.rglob("*.partial"))  # the half-written file never counted
+    if name == "by_one":
+        assert f"images: {len(missing)} made, {len(kept)} already there" in resumed["log"]
+    else:  # 16 missing of 24: 8 each
+        assert len(missing) == 16, len(missing)
+        for rank in (1, 2):
+            assert f"images (process {rank} of 2): 8 of the 16 missing made here, 8 already there" in resumed["log"]
+    reference = _files(launched_runs["runs"]["one"])
+    finished = _files(out)
+    assert finished.keys() == reference.keys()
+    assert [n for n in reference if reference[n] != finished[n]] == []
