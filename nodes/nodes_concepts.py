@@ -27,7 +27,8 @@ class ELITESaveConcept(io.ComfyNode):
             inputs=[
                 ConceptType.Input("concept", tooltip="The concept, from ELITE Encoder."),
                 io.String.Input("filename_prefix", default="elite_concept",
-                                tooltip="The file's name: letters, digits, '.', '_' and '-'; a counter is added."),
+                                tooltip="The file's name, in any language; no spaces, brackets, folders or < > : \" | ? *. "
+                                        "A counter is added."),
                 io.Boolean.Input("export_embedding", default=True,
                                  tooltip="Also save the concept's word as a textual-inversion embedding."),
                 io.Image.Input("image", optional=True, tooltip="Optional: the concept photo, kept as a small preview."),
@@ -35,6 +36,17 @@ class ELITESaveConcept(io.ComfyNode):
             outputs=[io.String.Output(display_name="concept_name", tooltip="The saved file's name.")],
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, filename_prefix=None) -> bool | str:
+        # None: the name comes from a link and is only known when the node runs (execute checks it then)
+        if filename_prefix is None:
+            return True
+        try:
+            comfy_concepts.check_concept_name(filename_prefix)
+        except ELITEInputError as exc:
+            return str(exc)
+        return True
 
     @classmethod
     def execute(cls, concept, filename_prefix="elite_concept", export_embedding=True, image=None) -> io.NodeOutput:
