@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import sys
+import unicodedata
 
 import numpy as np
 import torch
@@ -75,8 +76,8 @@ def load_image_folder(folder: str) -> list[torch.Tensor]:
 
 def file_stem(class_word: str) -> str:
     """The saved adapter's name from the class word: the class word is caption text (any characters),
-    the name a file name, so every character a file name cannot take becomes '_'."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", class_word.strip()).strip("._-")
+    the name a file name, so everything but letters and digits (of any script), '.', '_' and '-' becomes '_'."""
+    stem = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", class_word.strip())).strip("._-")
     return re.sub(r"\.{2,}", ".", stem)[:80] or "catversion_concept"
 
 

@@ -28,7 +28,8 @@ class ELITESaveConcept(io.ComfyNode):
             inputs=[
                 ConceptType.Input("concept", tooltip="The concept, from ELITE Encoder."),
                 io.String.Input("filename_prefix", default="elite_concept",
-                                tooltip="The file's name: letters, digits, '.', '_' and '-'; a counter is added."),
+                                tooltip="The file's name, in any language; no spaces, brackets, folders or < > : \" | ? *. "
+                                        "A counter is added."),
                 io.Boolean.Input("export_embedding", default=True,
                                  tooltip="Also save the concept's word as a textual-inversion embedding."),
                 io.Image.Input("image", optional=True, tooltip="Optional: the concept photo, kept as a small preview."),
@@ -38,11 +39,12 @@ class ELITESaveConcept(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, filename_prefix, export_embedding=True) -> bool | str:
-        # None: linked, known only when the node runs (save_concept checks it then)
+    def validate_inputs(cls, filename_prefix=None, export_embedding=True) -> bool | str:
+        # not a string: the name comes from a link and is only known when the node runs (execute checks it then)
         if not isinstance(filename_prefix, str):
             return True
         try:
+            comfy_concepts.check_concept_name(filename_prefix)
             comfy_concepts.check_concept_name_length(filename_prefix, export_embedding is not False)
         except ELITEInputError as exc:
             return str(exc)

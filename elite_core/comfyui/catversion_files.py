@@ -17,14 +17,13 @@ import folder_paths
 from ..catversion.prefix import CatVersionPrefix, save_catversion_safetensors
 from ..catversion.training import CatVersionRecipe
 from ..common import files
-from ..common.checks import ELITEInputError
+from ..common.checks import safe_file_stem
 from ..common.loss_curve import curve_summary
 from .catversion import MODEL_FOLDER
 from .folders import check_numbered_name_length, next_numbered_path_in, save_folder, save_numbered
 
 log = logging.getLogger("elite.catversion")
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
 FINGERPRINT_KEY = "training_fingerprint"
 _STOPPED_EARLY = re.compile(r"_step\d+_of_\d+$")  # a run that stopped before its last step (never reused)
 MOST_STEPS = 100000  # the training node's largest ``steps``: the longest name when the steps are not known yet
@@ -58,13 +57,8 @@ def save_adapter_atomically(prefix: CatVersionPrefix, path: str, metadata: dict[
 
 
 def check_filename_prefix(filename_prefix: str) -> str:
-    name = (filename_prefix or "").strip()
-    if not _SAFE_NAME.match(name) or ".." in name:
-        raise ELITEInputError(
-            f"The adapter name {filename_prefix!r} cannot be a file name: use letters, digits, spaces, '.', '_' and "
-            "'-' (no folders), e.g. 'my_teddybear'."
-        )
-    return name
+    """The adapter's file name (before its counter), as every file system takes it (:func:`safe_file_stem`)."""
+    return safe_file_stem(filename_prefix, "The adapter name", "my_teddybear")
 
 
 def stopped_early_suffix(steps_done: int, planned_steps: int) -> str:

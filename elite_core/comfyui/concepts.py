@@ -16,10 +16,17 @@ from safetensors.torch import save_file
 import folder_paths
 
 from ..common import files
-from ..common.checks import ELITEInputError
+from ..common.checks import ELITEInputError, safe_file_stem
 from ..common.images import image_to_uint8
 from ..elite.concept import ELITEConcept, LocalBranch
-from ..elite.concept_store import ConceptFileError, kv_fingerprint, read_concept, write_concept
+from ..elite.concept_store import (
+    CONCEPT_EXTENSIONS,
+    ConceptFileError,
+    kv_fingerprint,
+    read_concept,
+    write_concept,
+    wrong_extension_message,
+)
 from .elite import LoadedMapper
 from .folders import check_numbered_name_length, missing_file_message, register_folder, save_numbered
 
@@ -28,11 +35,14 @@ log = logging.getLogger("elite")
 CONCEPT_FOLDER = "elite_concepts"
 EMBEDDING_FOLDER = "embeddings"
 PREVIEW_SIZE = 96
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# the exported word is typed as embedding:<name> in a prompt, where a space ends the name and brackets weigh it
+_NOT_IN_EMBEDDING_NAMES = re.compile(r"[\s()]")
+_CONCEPT_NAME_RULE = ("any letters (of any script), digits and punctuation, except spaces, brackets, / \\ < > : \" | ? * "
+                      "and control characters")
 
 
 def register_concept_folder() -> None:
-    register_folder(CONCEPT_FOLDER, {".safetensors"})
+    register_folder(CONCEPT_FOLDER, set(CONCEPT_EXTENSIONS))
 
 
 def concept_file_names() -> list[str]:
@@ -46,15 +56,26 @@ def _preview(image: torch.Tensor | None) -> torch.Tensor | None:
     return torch.from_numpy(np.asarray(frame).copy())[None]
 
 
+def check_concept_name(filename_prefix) -> str:
+    """The concept's file name (before its counter): one every file system takes (:func:`safe_file_stem`),
+    without spaces or brackets, so that ``embedding:<name>`` works in a prompt."""
+    name = safe_file_stem(filename_prefix, "The concept name", "my_cat", _CONCEPT_NAME_RULE)
+    found = _NOT_IN_EMBEDDING_NAMES.search(name)
+    if found:
+        kind = "brackets" if found.group() in "()" else "spaces"
+        example = _NOT_IN_EMBEDDING_NAMES.sub("_", name).strip("_") or "my_cat"
+        raise ELITEInputError(
+            f"The concept name {filename_prefix!r} has {kind}: its word is used as embedding:<name> in a prompt, "
+            f"where a space ends the name and brackets set a weight. Use '_' or '-' instead, e.g. {example!r}.")
+    return name
+
+
 def save_concept(concept: ELITEConcept, filename_prefix: str, image: torch.Tensor | None = None,
                  export_embedding: bool = True) -> tuple[str, str | None]:
     """Save ``concept`` as ``models/elite_concepts/<prefix>_<n>.safetensors`` and, with
     ``export_embedding``, its primary word (averaged over the images) as ``models/embeddings/<same
     name>.safetensors``. Returns the two paths."""
-    name = (filename_prefix or "").strip()
-    if not _SAFE_NAME.match(name) or ".." in name:
-        raise ELITEInputError(f"The concept name {filename_prefix!r} cannot be a file name: use letters, digits, '.', "
-                              "'_' and '-' (no spaces, no folders), e.g. 'my_cat'.")
+    name = check_concept_name(filename_prefix)
     check_concept_name_length(name, export_embedding)
     metadata = {"global_mapper": concept.global_name, "global_fingerprint": kv_fingerprint(concept.global_kv)}
     tokens = None
@@ -93,6 +114,11 @@ def check_concept_name_length(filename_prefix: str, export_embedding: bool = Tru
 
 
 def missing_concept_message(concept_name) -> str | None:
+    """Why ``concept_name`` cannot be loaded before it is opened (a format Load Concept does not offer, or
+    no such file), or None. Load Concept's ``validate_inputs`` returns it: ComfyUI then skips its own
+    check that the name is one of the listed files, so this is where an API prompt's other names stop."""
+    if isinstance(concept_name, str) and os.path.splitext(concept_name)[1].lower() not in CONCEPT_EXTENSIONS:
+        return wrong_extension_message(concept_name)
     return missing_file_message(CONCEPT_FOLDER, concept_name, "ELITE concept", "a concept saved by ELITE Save Concept")
 
 
@@ -119,6 +145,10 @@ def load_concept(concept_name: str, global_mapper: LoadedMapper, local_mapper: L
                         concept_name, metadata.get("local_mapper"))
         else:
             _check_mapper(metadata, "local", local_mapper.kv_patcher.model.weights(), local_mapper.name, concept_name)
+            if local_mapper.widths.output_dim != words.shape[-1]:
+                raise ELITEInputError(
+                    f"The concept '{concept_name}' has {words.shape[-1]}-wide local tokens; the local mapper "
+                    f"'{local_mapper.name}' makes {local_mapper.widths.output_dim}-wide ones.")
             local = LocalBranch(tokens=tensors["local_tokens"], kv=local_mapper.kv_patcher.model.weights,
                                 models=(local_mapper.kv_patcher,), name=local_mapper.name)
     elif local_mapper is not None:

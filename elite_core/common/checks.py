@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import unicodedata
 
 import torch
 
@@ -72,6 +73,51 @@ def check_mask(mask, what: str = "object MASK") -> None:
             f"The {what} contains {bad} non-finite values (NaN or inf); mask values must be from 0 to 1. "
             "Check the node that made it."
         )
+
+
+# --------------------------------------------------------------------------- file names
+
+# what Windows refuses in a file name; Linux and macOS refuse only '/' (and NUL, a control character)
+WINDOWS_FORBIDDEN = '<>:"|?*'
+FILE_NAME_RULE = ("any letters (of any script), digits, spaces and punctuation, except / \\ < > : \" | ? * and "
+                  "control characters")
+
+
+def file_name_character_problem(char: str) -> str | None:
+    """Why one character cannot be in a file name on Linux, macOS and Windows alike, or None."""
+    if char in "/\\":
+        return "it contains a folder separator ('/' or '\\'): give a name, not a path"
+    if char in WINDOWS_FORBIDDEN:
+        return f"it contains {char!r}, which Windows does not allow in file names"
+    if unicodedata.category(char) in ("Cc", "Cs"):
+        return f"it contains the control character U+{ord(char):04X}"
+    return None
+
+
+def safe_file_stem(value, what: str, example: str, rule: str = FILE_NAME_RULE) -> str:
+    """``value`` as the start of a file name that every file system here takes: stripped, in Unicode's
+    composed form (NFC, so that macOS lists the name that was saved). Letters and digits of any script,
+    spaces and punctuation are fine (also '..' inside a name: 'my..concept'); refused are a path
+    ('/' or '\\'), '.' or '..' alone, a leading '.' (a hidden file), what Windows forbids (<>:"|?*, a
+    trailing dot) and control characters. ``what`` names the input in the message ("The concept
+    name"); ``example`` is a name that works; ``rule`` says what to use, for a caller with more rules."""
+    name = unicodedata.normalize("NFC", value.strip()) if isinstance(value, str) else ""
+    problem = None
+    if not isinstance(value, str):
+        problem = f"it is {type(value).__name__}, not text"
+    elif not name:
+        problem = "it is empty"
+    elif name in (".", ".."):
+        problem = "'.' and '..' name folders, not files"
+    else:
+        problem = next(filter(None, map(file_name_character_problem, name)), None)
+        if problem is None and name.startswith("."):
+            problem = "it starts with '.', which hides the file"
+        elif problem is None and name.endswith("."):
+            problem = "it ends with '.', which Windows drops from file names"
+    if problem:
+        raise InputError(f"{what} {value!r} cannot be a file name: {problem}. Use {rule}, e.g. {example!r}.")
+    return name
 
 
 # --------------------------------------------------------------------------- command-line options

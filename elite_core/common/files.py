@@ -50,27 +50,55 @@ def fetch_again(folder: str) -> str:
 # --------------------------------------------------------------------------- tensor files
 
 
-def safetensors_metadata(path: str, folder: str, error: type[TensorFileError] = TensorFileError) -> dict[str, str]:
+# safetensors' own limit on a header (its reader refuses a larger one): the header is read before anything else
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def _pickle_in_disguise(head: bytes) -> bool:
+    """Whether a file starts as torch.save writes it: a zip archive, or a bare pickle (protocol 2 to 5)."""
+    return head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def safetensors_metadata(path: str, folder: str, error: type[TensorFileError] = TensorFileError,
+                         again: str | None = None) -> dict[str, str]:
     """Check that a safetensors file is complete and return its metadata (without loading tensors).
-    ``folder`` is where the message tells the user to put a fresh copy; ``error`` is raised."""
+    ``folder`` is where the message tells the user to put a fresh copy, ``again`` (optional) what
+    else to do to get a good file; ``error`` is raised."""
+    again = again or fetch_again(folder)
     name, size = os.path.basename(path), os.path.getsize(path)
+    if size == 0:
+        raise error(f"'{name}' is empty (0 bytes). {again}")
     with open(path, "rb") as f:
         head = f.read(8)
         header_len = int.from_bytes(head, "little") if len(head) == 8 else None
-        if header_len is None or header_len > size - 8:
+        header_fits = header_len is not None and header_len <= min(size - 8, MAX_SAFETENSORS_HEADER)
+        if not header_fits and _pickle_in_disguise(head):
+            raise error(
+                f"'{name}' is not a safetensors file: it is a pickle (a torch .pt / .ckpt file) renamed to "
+                f"{os.path.splitext(name)[1] or 'no extension'}. It was not opened (loading a pickle can run "
+                f"code). {again}"
+            )
+        if header_len is not None and header_len > MAX_SAFETENSORS_HEADER:
+            raise error(
+                f"'{name}' is not a safetensors file: its first bytes declare a {header_len:,}-byte header, and a "
+                f"safetensors header is at most {MAX_SAFETENSORS_HEADER:,} bytes (the file has {size:,}). It is "
+                f"damaged or another kind of file. {again}"
+            )
+        if not header_fits:
             raise error(
                 f"'{name}' is truncated or not a safetensors file: it has {size:,} bytes, fewer than its "
-                f"header needs. {fetch_again(folder)}"
+                f"header needs. {again}"
             )
         try:
             header = json.loads(f.read(header_len))
-            ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
-            raise error(f"'{name}' is not a safetensors file: its header cannot be read ({exc}).") from None
-    needed = 8 + header_len + max(ends, default=0)
+            needed = 8 + header_len + max((int(entry["data_offsets"][1]) for key, entry in header.items()
+                                           if key != "__metadata__"), default=0)
+            metadata = dict(header.get("__metadata__") or {})
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise error(f"'{name}' is not a safetensors file: its header cannot be read ({exc}). {again}") from None
     if needed > size:
-        raise error(f"'{name}' is truncated: it has {size:,} bytes of the {needed:,} its header declares. {fetch_again(folder)}")
-    return dict(header.get("__metadata__") or {})
+        raise error(f"'{name}' is truncated: it has {size:,} bytes of the {needed:,} its header declares. {again}")
+    return metadata
 
 
 # The Python object a weights-only load refused, in each wording torch has used: "Unsupported global:

@@ -11,6 +11,8 @@ import torch
 from .sites import SD1_ATTN2_SITES
 
 KVWeights = dict[str, tuple[torch.Tensor, torch.Tensor]]  # site ckpt_prefix -> (to_k, to_v), (C, D)
+WORDS_PER_IMAGE = 5  # the global mapper's words of one image (w0 and four more)
+LOCAL_TOKENS = 256  # the local mapper's tokens of one image: one per patch of CLIP's 16x16 grid at 224 px
 
 
 @dataclass(frozen=True, eq=False)
@@ -26,6 +28,10 @@ class LocalBranch:
     kv: Callable[[], KVWeights]
     models: tuple = ()
     name: str = "local mapper"  # the local mapper's file name, for messages
+
+    def __post_init__(self):
+        if self.tokens.dim() != 3 or self.tokens.shape[1] != LOCAL_TOKENS:
+            raise ValueError(f"local tokens must be (num_images, {LOCAL_TOKENS}, width), got {tuple(self.tokens.shape)}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,8 +49,8 @@ class ELITEConcept:
     global_name: str = "global mapper"  # the global mapper's file name, for messages
 
     def __post_init__(self):
-        if self.words.dim() != 3 or self.words.shape[1] != 5:
-            raise ValueError(f"words must be (num_images, 5, width), got {tuple(self.words.shape)}")
+        if self.words.dim() != 3 or self.words.shape[1] != WORDS_PER_IMAGE or self.words.shape[0] == 0:
+            raise ValueError(f"words must be (num_images >= 1, {WORDS_PER_IMAGE}, width), got {tuple(self.words.shape)}")
         missing = [s.ckpt_prefix for s in SD1_ATTN2_SITES if s.ckpt_prefix not in self.global_kv]
         if missing:
             raise ValueError(f"global_kv lacks {len(missing)} cross-attention sites, e.g. {missing[0]}")
