@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from elite_core.common.files import read_image, read_mask, write_atomically
+from elite_core.common.files import PARTIAL_SUFFIX, read_image, read_mask, write_atomically
 from elite_core.common.images import images_to_pil
 
 from .benchmark import Benchmark, Subject
@@ -197,6 +197,9 @@ def generate(benchmark: Benchmark, methods: list[Method], models: Models, settin
                                           for k, v in asdict(settings).items()}})
     todo = jobs(benchmark, methods, settings.seeds)
     missing = [job for job in todo if not image_path(out, *_place(job)).is_file()]
+    if processes.is_main:  # what a stopped run was writing: never counted, removed before anything is written
+        for leftover in (out / "images").rglob(f"*{PARTIAL_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
     processes.wait()  # every process has listed the missing images before any is made
     if processes.is_main:
         write_run_settings(out, record)
