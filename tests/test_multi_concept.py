@@ -104,8 +104,7 @@ def test_the_region_follows_each_layers_grid():
     replace = ELITEAttn2Replace("k", torch.zeros(1, 4, 8), lambda: torch.zeros(8, 8), lambda: torch.zeros(8, 8),
                                 0.8, 1e9, 0.0, attention=None, region=region)
     for tokens, grid in ((16 * 16, 16), (8 * 8, 8), (4 * 4, 4)):
-        weights = replace._region_weights(1, tokens, {"original_shape": [2, 4, 16, 16]}, torch.device("cpu"),
-                                          torch.float32)
+        weights = replace._region_weights(1, tokens, {"original_shape": [2, 4, 16, 16]}, torch.device("cpu"))
         expected = torch.zeros(grid, grid)
         expected[:, :grid // 2] = 1.0
         assert torch.equal(weights.view(grid, grid), expected)
