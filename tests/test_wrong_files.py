@@ -478,7 +478,8 @@ def _comfy_clip_vision(config_name: str):
     config = json.loads((Path(comfy.clip_model.__file__).parent / config_name).read_text())
     with torch.device("meta"):
         model = comfy.clip_model.CLIPVisionModelProjection(config, torch.float16, "meta", comfy.ops.manual_cast)
-    return types.SimpleNamespace(model=model)
+    # what the Encoder uses of ComfyUI's ClipVisionModel: the module, and encode_image (never reached)
+    return types.SimpleNamespace(model=model, encode_image=lambda *args, **kwargs: None)
 
 
 @pytest.mark.parametrize("config_name, words", [
