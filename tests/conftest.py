@@ -134,6 +134,14 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(BASE_DIR, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _unload_sampled_models():
+    """A test that sampled leaves its model loaded, with its patches on the shared tiny UNet's weights;
+    unloading after each test gives the next one the weights its fixtures built."""
+    yield
+    comfy.model_management.unload_all_models()
+
+
 _PARITY: list[tuple[str, float]] = []
 
 

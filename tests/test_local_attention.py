@@ -8,7 +8,7 @@ from conftest import ELITE_PROMPT
 
 from comfyui_elite.elite_core.comfyui import elite as comfy_elite
 from comfyui_elite.elite_core.comfyui import elite_patch
-from comfyui_elite.elite_core.elite import attn2_patches
+from comfyui_elite.elite_core.elite import attn2_patches, local_attention
 from comfyui_elite.elite_core.elite.concept import ELITEConcept
 from comfyui_elite.elite_core.elite.sites import SD1_ATTN2_SITES
 from elite_test_pack.reference_attention import install_reference
@@ -272,3 +272,46 @@ def test_global_only_concept_ignores_lambda(tiny_model, elite):
 def test_bad_schedule_window_is_refused(tiny_model, elite, start, end, message):
     with pytest.raises(comfy_elite.ELITEInputError, match=message):
         elite_patch.apply_elite(tiny_model, elite["concept"], elite["positive"], LAMBDA, start, end)
+
+
+def _sdpa(q, k, v, heads, attn_precision=None):
+    b, n, inner = q.shape
+    heads_first = [x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2) for x in (q, k, v)]
+    return torch.nn.functional.scaled_dot_product_attention(*heads_first).transpose(1, 2).reshape(b, n, inner)
+
+
+def _branch_inputs(dtype, heads=4, width=32, tokens=64, placeholder=5):
+    g = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(2, n, width, generator=g).mul(2).to(dtype) for n in (tokens, 77))
+    k_local, v_local = (torch.randn(1, 256, width, generator=g).to(dtype) for _ in range(2))
+    selection = torch.zeros(2, 77, dtype=dtype)
+    selection[:, placeholder] = 1
+    return q, k, selection, k_local, v_local, heads
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_gate_rounds_as_the_log_sum_exp_of_the_text_logits(dtype, grad):
+    """The gate's numerics are pinned: exp(logit - logsumexp(logits)) over fp32 logits, the parity
+    figures' formula. A softmax formed another way (exp over a sum, scale inside the product) rounds
+    differently and moves every parity figure."""
+    q, k, selection, _, _, heads = _branch_inputs(dtype)
+    q.requires_grad_(grad)
+    heads_first = [x.view(2, x.shape[1], heads, -1).transpose(1, 2) for x in (q.detach(), k)]
+    logits = torch.matmul(heads_first[0], heads_first[1].transpose(-1, -2)).float() * (32 // heads) ** -0.5
+    column = torch.exp(logits[..., 5] - torch.logsumexp(logits, dim=-1))
+    expected = column / column.amax(dim=(1, 2), keepdim=True)
+    gate = local_attention.placeholder_gate(q, k, selection, heads)
+    assert torch.equal(gate.detach(), expected)
+    if grad:
+        gate.sum().backward()  # the in-place reductions leave the graph intact
+        assert torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_term_added_in_place_rounds_as_the_reference_sum(dtype):
+    """``into`` adds λ·A·local as ``hidden + term`` does, bit for bit (a fused multiply-add would not)."""
+    inputs = _branch_inputs(dtype)
+    hidden = torch.randn(2, 64, 32, generator=torch.Generator().manual_seed(4)).to(dtype)
+    expected = hidden + local_attention.local_term(*inputs, LAMBDA, _sdpa)
+    assert torch.equal(local_attention.local_term(*inputs, LAMBDA, _sdpa, into=hidden.clone()), expected)

@@ -44,19 +44,21 @@ def placeholder_selection(context: torch.Tensor, fingerprints: torch.Tensor) -> 
 def _placeholder_probability(q: torch.Tensor, k: torch.Tensor, selection: torch.Tensor, heads: int) -> torch.Tensor:
     """The placeholder's column of the text attention's softmax, (b, heads, n) fp32.
 
-    One logits buffer (b, h, n, T): the product with d^-1/2 folded in, in q's dtype; then, in fp32
-    and in place, exp(x - row max), whose placeholder entry (a gather, not a product over all T)
-    over the row sum is the probability. The max is a constant shift (no gradient through it).
+    exp(logit - log-sum-exp) over one logits buffer (b, h, n, T): the product in q's dtype, then, in
+    fp32, times d^-1/2; the placeholder's logit is gathered (not a product over all T), and the
+    log-sum-exp is reduced as ``torch.logsumexp`` does it (shift by the row max, exp, sum, log, plus the
+    max), in place at inference, without its full-size temporary. The max is a constant shift (no gradient through it).
     Rows without a placeholder read token 0; the caller zeroes them.
     """
     qh, kh = split_heads(q, heads), split_heads(k, heads)
-    b, h, n, d = qh.shape
-    t = kh.shape[2]
-    logits = torch.baddbmm(q.new_zeros(()), qh.reshape(b * h, n, d), kh.transpose(-1, -2).reshape(b * h, d, t),
-                           beta=0, alpha=d ** -0.5).view(b, h, n, t).float()
-    exps = logits.sub_(logits.detach().amax(dim=-1, keepdim=True)).exp_()
+    b, h, n, _ = qh.shape
+    logits = torch.matmul(qh, kh.transpose(-1, -2)).float().mul_(qh.shape[-1] ** -0.5)  # (b, h, n, T)
     column = selection.argmax(dim=-1).view(b, 1, 1, 1).expand(b, h, n, 1)
-    return exps.gather(-1, column).squeeze(-1) / exps.sum(dim=-1)
+    chosen = logits.gather(-1, column).squeeze(-1)
+    peak = logits.detach().amax(dim=-1, keepdim=True)
+    shifted = logits - peak if logits.requires_grad else logits.sub_(peak)  # the gather's backward keeps logits
+    log_sum = shifted.exp_().sum(dim=-1).log() + peak.squeeze(-1)
+    return torch.exp(chosen - log_sum)
 
 
 def placeholder_gate(q: torch.Tensor, k: torch.Tensor, selection: torch.Tensor, heads: int,
@@ -95,8 +97,10 @@ def local_term(
     ``per_sample`` is :func:`placeholder_gate`'s. ``scale`` is λ: a number, or a tensor that
     broadcasts against (b, n, 1, 1) (e.g. λ times a per-position region weight).
 
-    With ``into`` (b, n, heads * dim_head, contiguous, no gradient), the term is added to it in place
-    (one fused multiply-add) and ``into`` is returned; otherwise the term is a new tensor.
+    With ``into`` (b, n, heads * dim_head, contiguous, no gradient), the term is formed in the local
+    attention's own buffer and added to ``into`` in place, and ``into`` is returned; otherwise the term
+    is a new tensor. A product then a sum, not a fused multiply-add: the rounding stays that of the
+    reference's ``hidden + term``.
     """
     b, n, inner = q.shape
     gate = placeholder_gate(q, k, selection, heads, per_sample)  # (b, h, n)
@@ -106,5 +110,6 @@ def local_term(
     weight = (gate.transpose(1, 2).unsqueeze(-1) * scale).to(q.dtype)  # (b, n, h, 1)
     if into is None:
         return (local * weight).reshape(b, n, inner)
-    into.view(b, n, heads, inner // heads).addcmul_(local, weight)
+    term = local * weight if local.requires_grad else local.mul_(weight)  # the attention's backward keeps local
+    into.view(b, n, heads, inner // heads).add_(term)
     return into
