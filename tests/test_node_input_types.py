@@ -16,7 +16,7 @@ import nodes as comfy_nodes
 
 from comfyui_elite.elite_core.catversion.prefix import CatVersionPrefix
 from comfyui_elite.elite_core.comfyui.socket_checks import check_node_inputs
-from comfyui_elite.elite_core.common.checks import InputError
+from comfyui_elite.elite_core.common.checks import InputError, check_image, check_mask
 from comfyui_elite.elite_core.elite.concept import ELITEConcept
 from comfyui_elite.nodes import ELITE_NODES
 from comfyui_elite.nodes.nodes_attn_patch import ELITELocalAttnPatch
@@ -187,6 +187,25 @@ def test_two_dimensional_mask_is_accepted(good):
 def test_boolean_mask_is_refused(good):
     shown = refusal(ELITEEncoder, good, mask=torch.ones(1, 8, 8, dtype=torch.bool))
     assert "a bool tensor of shape (1, 8, 8): MASK values must be floats in 0..1" in shown
+
+
+BAD_LAYOUTS = [
+    ("IMAGE", (torch.rand(1, 8, 8, 3) * 255).to(torch.uint8)), ("IMAGE", torch.rand(8, 8, 3)),
+    ("IMAGE", torch.rand(1, 3, 8, 8)), ("MASK", torch.ones(1, 1, 8, 8)), ("MASK", torch.ones(1, 8, 8, dtype=torch.bool)),
+]
+
+
+@pytest.mark.parametrize("socket, value", BAD_LAYOUTS, ids=["uint8", "no-batch", "channels-first", "4d-mask", "bool-mask"])
+def test_the_value_checks_refuse_a_bad_layout_with_the_entry_checks_reason(good, socket, value):
+    """One IMAGE / MASK rule: what the entry check refuses, the value checks the command lines and the
+    nodes' later steps run (common.checks) refuse too, with the same reason."""
+    node, name = (ELITEEncoder, "image") if socket == "IMAGE" else (ELITEPrepareConcept, "mask")
+    entry = refusal(node, good, **{name: value})
+    check = check_image if socket == "IMAGE" else check_mask
+    with pytest.raises(InputError) as refused:
+        check(value)
+    reason = entry.split(": ", 2)[-1].split(". Check what")[0]  # after "...received a <dtype> tensor of shape (...)"
+    assert reason in str(refused.value), (reason, str(refused.value))
 
 
 def test_malformed_conditioning_names_the_bad_item(good):

@@ -20,7 +20,7 @@ import comfy.model_patcher
 import comfy.sd
 
 from ..catversion.prefix import CatVersionPrefix
-from ..common.checks import InputError
+from ..common.checks import InputError, image_layout_problem, mask_layout_problem
 from ..elite.concept import ELITEConcept
 from ..elite.mappers import GlobalMapper, LocalMapper
 from .elite import LoadedMapper
@@ -78,23 +78,11 @@ def _object_check(cls: type | None, *methods: str, attributes: tuple[str, ...] =
 
 
 def _image_problem(value) -> str | None:
-    if not isinstance(value, torch.Tensor):
-        return ""
-    if not value.is_floating_point():
-        return "IMAGE values must be floats in 0..1"
-    if value.dim() != 4 or value.shape[-1] not in (3, 4):
-        return "an IMAGE is a batch (batch, height, width, channels) with 3 or 4 channels"
-    return None
+    return image_layout_problem(value) if isinstance(value, torch.Tensor) else ""
 
 
 def _mask_problem(value) -> str | None:
-    if not isinstance(value, torch.Tensor):
-        return ""
-    if not value.is_floating_point():
-        return "MASK values must be floats in 0..1"
-    if value.dim() not in (2, 3):
-        return "a MASK is (height, width) or (batch, height, width)"
-    return None
+    return mask_layout_problem(value) if isinstance(value, torch.Tensor) else ""
 
 
 def _latent_problem(value) -> str | None:

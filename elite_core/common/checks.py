@@ -38,11 +38,31 @@ def _count_non_finite(tensor: torch.Tensor) -> int:
     return int((~torch.isfinite(tensor)).sum().item()) if tensor.is_floating_point() else 0
 
 
+def image_layout_problem(image: torch.Tensor) -> str | None:
+    """Why a tensor is not a ComfyUI IMAGE (floats, (batch, height, width, 3 or 4)), or None. The one
+    statement of the layout: the socket check at a node's entry and :func:`check_image` both use it."""
+    if not image.is_floating_point():
+        return "IMAGE values must be floats in 0..1"
+    if image.dim() != 4 or image.shape[-1] not in (3, 4):
+        return "an IMAGE is a batch (batch, height, width, channels) with 3 or 4 channels"
+    return None
+
+
+def mask_layout_problem(mask: torch.Tensor) -> str | None:
+    """Why a tensor is not a ComfyUI MASK (floats, (height, width) or (batch, height, width)), or None."""
+    if not mask.is_floating_point():
+        return "MASK values must be floats in 0..1"
+    if mask.dim() not in (2, 3):
+        return "a MASK is (height, width) or (batch, height, width)"
+    return None
+
+
 def check_image(image, what: str = "concept IMAGE") -> None:
     """A ComfyUI IMAGE (batch, height, width, 3 or 4) with at least 2x2 pixels, all finite."""
-    if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[-1] not in (3, 4):
+    if not isinstance(image, torch.Tensor) or image_layout_problem(image):
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise InputError(f"The {what} must be an IMAGE batch (batch, height, width, 3), got {shape}.")
+        why = f" ({image_layout_problem(image)})" if isinstance(image, torch.Tensor) else ""
+        raise InputError(f"The {what} must be an IMAGE batch (batch, height, width, 3), got {shape}{why}.")
     batch, height, width = image.shape[:3]
     if batch == 0:
         raise InputError(f"The {what} batch is empty (0 images).")
@@ -62,9 +82,10 @@ def check_image(image, what: str = "concept IMAGE") -> None:
 
 def check_mask(mask, what: str = "object MASK") -> None:
     """A ComfyUI MASK (batch, height, width) or (height, width) with pixels, all finite."""
-    if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3):
+    if not isinstance(mask, torch.Tensor) or mask_layout_problem(mask):
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise InputError(f"The {what} must be a MASK (batch, height, width), got {shape}.")
+        why = f" ({mask_layout_problem(mask)})" if isinstance(mask, torch.Tensor) else ""
+        raise InputError(f"The {what} must be a MASK (batch, height, width), got {shape}{why}.")
     if mask.numel() == 0:
         raise InputError(f"The {what} is empty (shape {tuple(mask.shape)}): it has no pixels.")
     bad = _count_non_finite(mask)
