@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,8 +51,12 @@ def memory_child(config: str, size: int, threads: int | None) -> None:
 
 def measure_peak(config: str, size: int, threads: int | None) -> int:
     command = [sys.executable, __file__, "--memory-child", config, "--size", str(size)]
+    # glibc's malloc would keep freed blocks of varying sizes resident and move its mmap threshold as
+    # the step runs, so the peak would wander by ±2 % from one process to the next; a fixed threshold
+    # returns every large block to the system when freed, and the peak is that of the live tensors.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     done = subprocess.run(command + (["--threads", str(threads)] if threads else []),
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, check=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_kb"]
 
 
