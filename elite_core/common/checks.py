@@ -59,9 +59,10 @@ def mask_layout_problem(mask: torch.Tensor) -> str | None:
 
 def check_image(image, what: str = "concept IMAGE") -> None:
     """A ComfyUI IMAGE (batch, height, width, 3 or 4) with at least 2x2 pixels, all finite."""
-    if not isinstance(image, torch.Tensor) or image_layout_problem(image):
+    problem = image_layout_problem(image) if isinstance(image, torch.Tensor) else None
+    if problem or not isinstance(image, torch.Tensor):
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        why = f" ({image_layout_problem(image)})" if isinstance(image, torch.Tensor) else ""
+        why = f" ({problem})" if problem else ""
         raise InputError(f"The {what} must be an IMAGE batch (batch, height, width, 3), got {shape}{why}.")
     batch, height, width = image.shape[:3]
     if batch == 0:
@@ -82,9 +83,10 @@ def check_image(image, what: str = "concept IMAGE") -> None:
 
 def check_mask(mask, what: str = "object MASK") -> None:
     """A ComfyUI MASK (batch, height, width) or (height, width) with pixels, all finite."""
-    if not isinstance(mask, torch.Tensor) or mask_layout_problem(mask):
+    problem = mask_layout_problem(mask) if isinstance(mask, torch.Tensor) else None
+    if problem or not isinstance(mask, torch.Tensor):
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        why = f" ({mask_layout_problem(mask)})" if isinstance(mask, torch.Tensor) else ""
+        why = f" ({problem})" if problem else ""
         raise InputError(f"The {what} must be a MASK (batch, height, width), got {shape}{why}.")
     if mask.numel() == 0:
         raise InputError(f"The {what} is empty (shape {tuple(mask.shape)}): it has no pixels.")

@@ -45,10 +45,10 @@ def _placeholder_probability(q: torch.Tensor, k: torch.Tensor, selection: torch.
     """The placeholder's column of the text attention's softmax, (b, heads, n) fp32.
 
     exp(logit - log-sum-exp) over one logits buffer (b, h, n, T): the product in q's dtype, then, in
-    fp32, times d^-1/2; the placeholder's logit is gathered (not a product over all T), and the
-    log-sum-exp is reduced as ``torch.logsumexp`` does it (shift by the row max, exp, sum, log, plus the
-    max), in place at inference, without its full-size temporary. The max is a constant shift (no gradient through it).
-    Rows without a placeholder read token 0; the caller zeroes them.
+    fp32, times d^-1/2. The placeholder's logit is gathered (not a product over all T); the log-sum-exp
+    is reduced as ``torch.logsumexp`` does it (shift by the row max, exp, sum, log, plus the max), in
+    place at inference, without its full-size temporary. The max is a constant shift (no gradient
+    through it). Rows without a placeholder read token 0; the caller zeroes them.
     """
     qh, kh = split_heads(q, heads), split_heads(k, heads)
     b, h, n, _ = qh.shape
